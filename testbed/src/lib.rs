@@ -1,0 +1,1 @@
+//! Test-bed support code (not product code).
