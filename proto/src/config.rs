@@ -40,6 +40,12 @@ pub struct StowawayConfig {
     pub dns_upstream: Option<SocketAddr>,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Bridges to apply (standalone mode; in the cluster they come from ConfigMaps).
+    #[serde(default)]
+    pub bridges: Vec<crate::cluster::BridgeSpec>,
+    /// The address carriers reach stowaway's route ports at (its Pod IP).
+    #[serde(default)]
+    pub pod_ip: Option<Ipv4Addr>,
 }
 
 /// cargo-client's config file.
