@@ -43,10 +43,18 @@ pub enum StowawayMessage {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CarrierReply {
     /// The port map is applied; `listening` lists the ports bound.
-    Configured { version: u32, listening: Vec<u16> },
-    Pong { version: u32 },
+    Configured {
+        version: u32,
+        listening: Vec<u16>,
+    },
+    Pong {
+        version: u32,
+    },
     /// A message was refused (does not parse, unknown version, a port cannot bind).
-    Error { version: u32, reason: String },
+    Error {
+        version: u32,
+        reason: String,
+    },
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod carrier;
 pub mod cluster;
 pub mod config;
 pub mod keys;
+pub mod status;
 
 use std::net::Ipv4Addr;
 

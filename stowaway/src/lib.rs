@@ -1,1 +1,3 @@
-//! placeholder
+//! stowaway: the in-cluster userspace WireGuard endpoint.
+pub mod bridge;
+pub mod cluster;
