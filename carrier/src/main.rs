@@ -1,1 +1,4 @@
-fn main() {}
+//! carrier's entry point: everything lives in the library (`carrier::cli`).
+fn main() -> std::process::ExitCode {
+    carrier::cli::main()
+}

@@ -103,6 +103,15 @@ pub const ENV_POD_IP: &str = "GEFYRA_POD_IP";
 pub const ENV_DNS_UPSTREAM: &str = "GEFYRA_DNS_UPSTREAM";
 /// Log filter for every binary (tracing EnvFilter syntax).
 pub const ENV_LOG: &str = "GEFYRA_LOG";
+/// Stowaway: the port it dials carriers on (default [`CARRIER_CONTROL_PORT`];
+/// set by loopback tests where several carriers share a host).
+pub const ENV_CARRIER_CONTROL_PORT: &str = "GEFYRA_CARRIER_CONTROL_PORT";
+/// Carrier: run in-Pod mode even when not PID 1 (`1`; tests).
+pub const ENV_CARRIER_POD: &str = "GEFYRA_CARRIER_POD";
+/// Carrier (in-Pod mode): control listen address (default `0.0.0.0:8901`).
+pub const ENV_CARRIER_CONTROL_ADDR: &str = "GEFYRA_CARRIER_CONTROL_ADDR";
+/// Carrier (in-Pod mode): address the container ports are bound on (default `0.0.0.0`).
+pub const ENV_CARRIER_BIND_IP: &str = "GEFYRA_CARRIER_BIND_IP";
 
 // ---------------------------------------------------------------- images
 
