@@ -24,6 +24,9 @@ pub struct PeerStatus {
 pub struct Counters {
     /// UDP datagrams that were not valid WireGuard for any peer (dropped, no reply).
     pub bad_packets: u64,
+    /// Authenticated packets dropped: source outside the peer's addresses,
+    /// not IPv4, fragments, or a full queue.
+    pub dropped_packets: u64,
     pub tcp_flows_open: u64,
     pub tcp_flows_total: u64,
     pub udp_flows_open: u64,

@@ -1,1 +1,123 @@
-fn main() {}
+//! stowaway binary: parse config, start tracing, call `stowaway::run`.
+use anyhow::Context;
+use clap::Parser;
+use proto::config::StowawayConfig;
+use std::path::PathBuf;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "stowaway", version, about = "gefyra's in-cluster userspace WireGuard endpoint")]
+struct Args {
+    /// Config file (JSON or YAML). Optional in cluster mode (GEFYRA_NAMESPACE set).
+    #[arg(long, env = proto::ENV_STOWAWAY_CONFIG)]
+    config: Option<PathBuf>,
+}
+
+fn main() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(proto::ENV_LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let namespace = std::env::var(proto::ENV_STOWAWAY_NAMESPACE).ok().filter(|s| !s.is_empty());
+    let config = match load(&args, namespace.is_some()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stowaway: {e:#}");
+            std::process::exit(proto::EXIT_CONFIG);
+        }
+    };
+    let settings = match stowaway::Settings::from_config(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stowaway: {e}");
+            std::process::exit(proto::EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stowaway: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(serve(config, settings, namespace)) {
+        eprintln!("stowaway: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load(args: &Args, cluster: bool) -> anyhow::Result<StowawayConfig> {
+    let mut config: Option<StowawayConfig> = match &args.config {
+        Some(p) => Some(stowaway::load_config(p)?),
+        None => None,
+    };
+    if cluster {
+        let key = std::env::var(proto::ENV_STOWAWAY_PRIVATE_KEY)
+            .with_context(|| format!("{} is not set", proto::ENV_STOWAWAY_PRIVATE_KEY))?;
+        let key = proto::keys::Key::parse(&key)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", proto::ENV_STOWAWAY_PRIVATE_KEY))?;
+        match &mut config {
+            Some(c) => c.private_key = key,
+            None => {
+                config = Some(
+                    serde_json::from_value(serde_json::json!({ "private_key": key.to_base64() }))
+                        .context("default config")?,
+                )
+            }
+        }
+    }
+    config.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no config: pass --config FILE (or set {}), or run in cluster mode ({} and {})",
+            proto::ENV_STOWAWAY_CONFIG,
+            proto::ENV_STOWAWAY_NAMESPACE,
+            proto::ENV_STOWAWAY_PRIVATE_KEY
+        )
+    })
+}
+
+async fn serve(
+    config: StowawayConfig,
+    settings: stowaway::Settings,
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
+    let (udp, health) = stowaway::bind(config.listen, config.health_listen)
+        .await
+        .with_context(|| format!("binding {} / {}", config.listen, config.health_listen))?;
+    let (peers_tx, peers_rx) = watch::channel(config.peers.clone());
+    let (bridges_tx, bridges_rx) = watch::channel(config.bridges.clone());
+    if let Some(ns) = namespace {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot build a Kubernetes client (in-cluster config)")?;
+        tokio::spawn(async move {
+            if let Err(e) = stowaway::cluster::watch(client, ns, peers_tx, bridges_tx).await {
+                tracing::error!(error = %e, "cluster watch ended");
+            }
+        });
+    } else {
+        // file mode: the sets never change; keep the senders alive
+        tokio::spawn(async move {
+            let _keep = (peers_tx, bridges_tx);
+            std::future::pending::<()>().await;
+        });
+    }
+    stowaway::run(settings, udp, health, peers_rx, bridges_rx, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}
