@@ -1,1 +1,396 @@
-//! placeholder
+//! cargo-client: the WireGuard client in the developer's Docker network. It
+//! reads IP packets from a TUN device, encrypts them to stowaway, and writes
+//! what comes back to the TUN; the kernel forwards for the dev containers
+//! that use this container as their gateway.
+//!
+//! One owner task holds the WireGuard session (no lock on the data path).
+//! Liveness: when nothing came back for a while, it pings stowaway's tunnel
+//! address through the tunnel; an unanswered probe starts a new handshake
+//! every [`HANDSHAKE_RETRY`] until one completes (so a restarted stowaway is
+//! found again within seconds, not after boringtun's 15 s and more).
+
+use proto::config::CargoConfig;
+use proto::status::CargoStatus;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::UdpSocket;
+use tunnel::{packet, wg, Out, StaticKeys, WgPeer};
+
+pub mod net;
+
+/// Time between forced handshakes while stowaway does not answer.
+pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(2500);
+/// A probe unanswered for this long means stowaway lost our session.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Data sent and nothing received for this long: probe.
+pub const SUSPECT_AFTER: Duration = Duration::from_secs(2);
+/// How often the status file is written.
+pub const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// A status file older than this means the daemon is not running.
+pub const STATUS_MAX_AGE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("endpoint {0:?}: expected IPv4:port")]
+    Endpoint(String),
+    #[error("TUN device {name}: {source}")]
+    Tun { name: String, source: std::io::Error },
+    #[error("routes: {0}")]
+    Routes(String),
+    #[error("udp: {0}")]
+    Udp(std::io::Error),
+    #[error("status file {path}: {source}")]
+    Status { path: String, source: std::io::Error },
+    #[error("status file {path}: {msg}")]
+    StatusParse { path: String, msg: String },
+}
+
+/// Runtime options beyond the config file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the status file is written.
+    pub status_file: PathBuf,
+    /// Add the routes into the TUN (off: the caller routes).
+    pub routes: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            status_file: PathBuf::from(proto::CARGO_STATUS_FILE),
+            routes: true,
+        }
+    }
+}
+
+/// Parses the endpoint (`IPv4:port`).
+pub fn parse_endpoint(s: &str) -> Result<SocketAddrV4, Error> {
+    s.trim()
+        .parse::<SocketAddrV4>()
+        .map_err(|_| Error::Endpoint(s.to_string()))
+}
+
+/// Reads a JSON or YAML config file.
+pub fn load_config(path: &Path) -> Result<CargoConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let r = if text.trim_start().starts_with('{') {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        serde_yaml::from_str(&text).map_err(|e| e.to_string())
+    };
+    r.map_err(|e| format!("invalid config {}: {e}", path.display()))
+}
+
+/// Creates the TUN device, routes, then runs the tunnel until `shutdown`.
+pub async fn run(cfg: CargoConfig, opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let endpoint = parse_endpoint(&cfg.endpoint)?;
+    let tun = net::create_tun(&cfg.tun_name, cfg.tunnel_ip, cfg.mtu).map_err(|source| Error::Tun {
+        name: cfg.tun_name.clone(),
+        source,
+    })?;
+    net::enable_forwarding();
+    if opts.routes {
+        net::add_routes(&cfg.tun_name, *endpoint.ip())
+            .await
+            .map_err(Error::Routes)?;
+    }
+    let udp = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .await
+        .map_err(Error::Udp)?;
+    udp.connect(SocketAddr::V4(endpoint)).await.map_err(Error::Udp)?;
+    {
+        let s = socket2::SockRef::from(&udp);
+        let _ = s.set_recv_buffer_size(8 << 20);
+        let _ = s.set_send_buffer_size(8 << 20);
+    }
+    tracing::info!(endpoint = %endpoint, tun = %cfg.tun_name, tunnel_ip = %cfg.tunnel_ip, mtu = cfg.mtu, "cargo-client running");
+    run_tunnel(cfg, endpoint, Arc::new(tun), udp, opts, shutdown).await
+}
+
+struct Liveness {
+    last_rx: Option<Instant>,
+    last_data_tx: Option<Instant>,
+    probe_sent: Option<Instant>,
+    last_forced: Option<Instant>,
+    seq: u16,
+}
+
+/// The data path: one owner of the WireGuard session.
+async fn run_tunnel(
+    cfg: CargoConfig,
+    endpoint: SocketAddrV4,
+    tun: Arc<tun_rs::AsyncDevice>,
+    udp: UdpSocket,
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let keys = StaticKeys::from_private(cfg.private_key.0);
+    let mut peer = WgPeer::new(&keys, cfg.peer_public_key.0, 1, None, Some(SocketAddr::V4(endpoint)));
+    let max_mss = packet::mss_for_mtu(cfg.mtu);
+    let keepalive = Duration::from_secs(u64::from(cfg.keepalive_secs.max(1)));
+    let mut udp_buf = vec![0u8; wg::BUF_SIZE];
+    let mut tun_buf = vec![0u8; wg::BUF_SIZE];
+    let mut out_buf = vec![0u8; wg::BUF_SIZE];
+    let mut live = Liveness {
+        last_rx: None,
+        last_data_tx: None,
+        probe_sent: None,
+        last_forced: None,
+        seq: 0,
+    };
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = Instant::now() - STATUS_EVERY;
+    let mut to_tun: Vec<Vec<u8>> = Vec::new();
+    let mut to_net: Vec<Vec<u8>> = Vec::new();
+    let probe_id: u16 = 0x6766; // "gf"
+    let stowaway_ip = proto::STOWAWAY_TUNNEL_IP;
+    // start the session right away
+    if let Some(d) = peer.force_handshake(&mut out_buf) {
+        let _ = udp.send(d).await;
+    }
+    live.last_forced = Some(Instant::now());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = udp.recv(&mut udp_buf) => {
+                let mut n = match r {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "udp recv");
+                        None
+                    }
+                };
+                // batch: drain what is already queued
+                for _ in 0..64 {
+                    let Some(len) = n else { break };
+                    let ok = peer.decapsulate(SocketAddr::V4(endpoint), &udp_buf[..len], &mut out_buf, |o| match o {
+                        Out::Network(p) => to_net.push(p.to_vec()),
+                        Out::Tunnel(p) => to_tun.push(p.to_vec()),
+                    });
+                    if ok.is_ok() {
+                        live.last_rx = Some(Instant::now());
+                    }
+                    for mut p in to_tun.drain(..) {
+                        if is_probe_reply(&p, cfg.tunnel_ip, stowaway_ip, probe_id) {
+                            continue;
+                        }
+                        packet::clamp_mss(&mut p, max_mss);
+                        let _ = tun.send(&p).await;
+                    }
+                    for d in to_net.drain(..) {
+                        let _ = udp.send(&d).await;
+                    }
+                    n = udp.try_recv(&mut udp_buf).ok();
+                }
+            }
+            r = tun.recv(&mut tun_buf) => {
+                let mut n = r.ok();
+                for _ in 0..64 {
+                    let Some(len) = n else { break };
+                    let p = &mut tun_buf[..len];
+                    if packet::ipv4(p).is_some() {
+                        packet::clamp_mss(p, max_mss);
+                        if let Ok(Some(d)) = peer.encapsulate(p, &mut out_buf) {
+                            let _ = udp.send(d).await;
+                        }
+                        live.last_data_tx = Some(Instant::now());
+                    }
+                    n = tun.try_recv(&mut tun_buf).ok();
+                }
+            }
+            _ = ticker.tick() => {
+                if let Some(d) = peer.update_timers(&mut out_buf) {
+                    let _ = udp.send(d).await;
+                }
+                let now = Instant::now();
+                liveness(&mut peer, &mut live, now, keepalive, &cfg, probe_id, &udp, &mut out_buf).await;
+                if now.duration_since(last_status) >= STATUS_EVERY {
+                    last_status = now;
+                    let st = status_of(&peer, &live, &cfg, now, keepalive);
+                    if let Err(e) = write_status(&opts.status_file, &st) {
+                        tracing::debug!(error = %e, "status file");
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn liveness(
+    peer: &mut WgPeer,
+    live: &mut Liveness,
+    now: Instant,
+    keepalive: Duration,
+    cfg: &CargoConfig,
+    probe_id: u16,
+    udp: &UdpSocket,
+    buf: &mut [u8],
+) {
+    let since_rx = live.last_rx.map(|t| now.duration_since(t));
+    let has_session = peer.time_since_handshake().is_some();
+    // An unanswered probe, or no session at all: handshake again, quickly.
+    let probe_unanswered = match (live.probe_sent, live.last_rx) {
+        (Some(p), Some(rx)) => rx < p && now.duration_since(p) >= PROBE_TIMEOUT,
+        (Some(p), None) => now.duration_since(p) >= PROBE_TIMEOUT,
+        _ => false,
+    };
+    if (!has_session || probe_unanswered)
+        && live
+            .last_forced
+            .is_none_or(|t| now.duration_since(t) >= HANDSHAKE_RETRY)
+    {
+        live.last_forced = Some(now);
+        if has_session {
+            tracing::info!("stowaway does not answer: new handshake");
+        }
+        if let Some(d) = peer.force_handshake(buf) {
+            let _ = udp.send(d).await;
+        }
+        return;
+    }
+    if !has_session {
+        return;
+    }
+    // Probe when idle for a keepalive interval, or when data went out and nothing came back.
+    let sent_unanswered = match (live.last_data_tx, live.last_rx) {
+        (Some(tx), Some(rx)) => tx > rx && now.duration_since(rx) >= SUSPECT_AFTER,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let idle = since_rx.is_none_or(|d| d >= keepalive);
+    let probe_pending = match (live.probe_sent, live.last_rx) {
+        (Some(p), Some(rx)) => rx < p,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if (idle || sent_unanswered) && !probe_pending {
+        live.seq = live.seq.wrapping_add(1);
+        let probe = echo_request(cfg.tunnel_ip, proto::STOWAWAY_TUNNEL_IP, probe_id, live.seq);
+        if let Ok(Some(d)) = peer.encapsulate(&probe, buf) {
+            let _ = udp.send(d).await;
+        }
+        live.probe_sent = Some(now);
+    }
+}
+
+fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 28];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&28u16.to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = packet::PROTO_ICMP;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = packet::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20] = 8;
+    p[24..26].copy_from_slice(&id.to_be_bytes());
+    p[26..28].copy_from_slice(&seq.to_be_bytes());
+    let c = packet::checksum(&p[20..]);
+    p[22..24].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+fn is_probe_reply(p: &[u8], own: Ipv4Addr, stowaway: Ipv4Addr, id: u16) -> bool {
+    let Some(ip) = packet::ipv4(p) else { return false };
+    ip.proto == packet::PROTO_ICMP
+        && ip.src == stowaway
+        && ip.dst == own
+        && p.len() >= ip.ihl + 8
+        && p[ip.ihl] == 0
+        && p[ip.ihl + 4..ip.ihl + 6] == id.to_be_bytes()
+}
+
+fn status_of(peer: &WgPeer, live: &Liveness, cfg: &CargoConfig, now: Instant, keepalive: Duration) -> CargoStatus {
+    let hs = peer.time_since_handshake();
+    let rx_recent = live
+        .last_rx
+        .is_some_and(|t| now.duration_since(t) < keepalive * 3 + Duration::from_secs(5));
+    let (tx, rx) = peer.bytes();
+    CargoStatus {
+        version: proto::VERSION.to_string(),
+        endpoint: cfg.endpoint.clone(),
+        tunnel_ip: Some(cfg.tunnel_ip),
+        last_handshake_secs: hs.map(|d| d.as_secs()),
+        fresh: hs.is_some_and(|d| d.as_secs() < proto::HANDSHAKE_FRESH_SECS) && rx_recent,
+        rx_bytes: rx,
+        tx_bytes: tx,
+    }
+}
+
+/// Writes the status file atomically (temp file + rename).
+pub fn write_status(path: &Path, st: &CargoStatus) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads the status file. `Ok((status, fresh))`: fresh when the daemon wrote
+/// it recently and the handshake is fresh.
+pub fn read_status(path: &Path) -> Result<(CargoStatus, bool), Error> {
+    let err = |source| Error::Status {
+        path: path.display().to_string(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(err)?;
+    let st: CargoStatus = serde_json::from_str(&text).map_err(|e| Error::StatusParse {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .unwrap_or(Duration::MAX);
+    let fresh = st.fresh && age <= STATUS_MAX_AGE;
+    Ok((st, fresh))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_reply_is_recognised() {
+        let own = Ipv4Addr::new(192, 168, 99, 2);
+        let req = echo_request(own, proto::STOWAWAY_TUNNEL_IP, 7, 1);
+        let info = packet::ipv4(&req).unwrap();
+        let mut rep = Vec::new();
+        assert!(packet::icmp_echo_reply(&req, &info, &mut rep));
+        assert!(is_probe_reply(&rep, own, proto::STOWAWAY_TUNNEL_IP, 7));
+        assert!(!is_probe_reply(&rep, own, proto::STOWAWAY_TUNNEL_IP, 8));
+        assert!(!is_probe_reply(&req, own, proto::STOWAWAY_TUNNEL_IP, 7));
+    }
+
+    #[test]
+    fn status_file_roundtrip_and_staleness() {
+        let dir = std::env::temp_dir().join(format!("cargo-status-{}", std::process::id()));
+        let path = dir.join("status.json");
+        let st = CargoStatus {
+            fresh: true,
+            ..Default::default()
+        };
+        write_status(&path, &st).unwrap();
+        let (back, fresh) = read_status(&path).unwrap();
+        assert_eq!(back, st);
+        assert!(fresh);
+        let st = CargoStatus::default();
+        write_status(&path, &st).unwrap();
+        assert!(!read_status(&path).unwrap().1);
+        assert!(read_status(&dir.join("missing.json")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
