@@ -296,6 +296,7 @@ fn mappings(f: &ForwardArgs) -> Result<Vec<Mapping>, String> {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    raise_fd_limit();
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
@@ -343,6 +344,19 @@ fn run_pod(p: PodArgs) -> ExitCode {
         pod::run(control, opts, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// Each relayed connection holds two sockets and, with splice, two pipes:
+/// lift the soft limit on open files to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(error = %e, "cannot raise the open files limit");
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. (As PID 1 the kernel delivers no default
