@@ -75,7 +75,9 @@ pub async fn down(g: &Global, a: DownArgs) -> Result<i32> {
                 }
             }
         }
-        if st.is_some() || state::connection_dir(conn)?.exists() {
+        // keep the state (and key) while the registration could not be removed, so a later
+        // `gefyra down` still knows what to delete
+        if warnings.is_empty() && (st.is_some() || state::connection_dir(conn)?.exists()) {
             state::remove(conn)?;
         }
     }

@@ -257,7 +257,8 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<i32> {
             dns_options: Some(vec!["ndots:5".to_string()]),
             binds: (!binds.is_empty()).then_some(binds),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
-            auto_remove: Some(a.rm),
+            // attached: removed after its exit code is read (below)
+            auto_remove: Some(a.rm && a.detach),
             ..Default::default()
         }),
         ..Default::default()
@@ -289,22 +290,13 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<i32> {
         Duration::from_secs(a.timeout),
     )
     .await;
-    if let Err(e) = r {
-        let _ = docker::remove_container(&d, &id).await;
-        return Err(e);
-    }
-    let ip = d
-        .inspect_container(
-            &id,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-        .ok()
-        .and_then(|c| c.network_settings)
-        .and_then(|n| n.networks)
-        .and_then(|n| n.get(&st.network).cloned())
-        .and_then(|e| e.ip_address)
-        .unwrap_or_default();
+    let ip = match r {
+        Ok(ip) => ip,
+        Err(e) => {
+            let _ = docker::remove_container(&d, &id).await;
+            return Err(e);
+        }
+    };
 
     if a.detach {
         match g.output {
@@ -323,7 +315,11 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<i32> {
         "Container {name} runs in namespace {} with address {ip}; Ctrl-C stops it",
         a.namespace
     ));
-    follow(&d, &id, &name).await
+    let code = follow(&d, &id, &name).await;
+    if a.rm {
+        let _ = docker::remove_container(&d, &id).await;
+    }
+    code
 }
 
 async fn start_with_route(
@@ -333,7 +329,7 @@ async fn start_with_route(
     st: &state::ConnectionState,
     cargo_image: &str,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<String> {
     let bin = docker::own_binary()?;
     docker::upload(d, id, docker::IN_CONTAINER_BIN, &bin, 0o755, 0).await?;
     d.start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
@@ -349,6 +345,19 @@ async fn start_with_route(
             };
             anyhow!("cannot start {name}: {}; {hint}", k8s::one_line(&m))
         })?;
+
+    let ip = d
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()
+        .and_then(|c| c.network_settings)
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(&st.network).cloned())
+        .and_then(|e| e.ip_address)
+        .unwrap_or_default();
 
     // the helper: cargo image + gefyra binary, in the dev container's netns
     let helper_name = format!("gefyra-route-{}", &id[..12.min(id.len())]);
@@ -384,14 +393,6 @@ async fn start_with_route(
     })?;
     let result = async {
         docker::upload(d, &helper_name, docker::IN_CONTAINER_BIN, &bin, 0o755, 0).await?;
-        let mut wait = d.wait_container(
-            &helper_name,
-            Some(
-                WaitContainerOptionsBuilder::default()
-                    .condition("next-exit")
-                    .build(),
-            ),
-        );
         d.start_container(
             &helper_name,
             None::<bollard::query_parameters::StartContainerOptions>,
@@ -403,6 +404,15 @@ async fn start_with_route(
                 docker::docker_message(&e)
             )
         })?;
+        // the stream is lazy: created after start, "not-running" also covers an exit already done
+        let mut wait = d.wait_container(
+            &helper_name,
+            Some(
+                WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
         let code = match tokio::time::timeout(timeout, wait.next()).await {
             Err(_) => bail!(
                 "the route helper did not finish within {}s",
@@ -426,7 +436,7 @@ async fn start_with_route(
     let _ = docker::remove_container(d, &helper_name).await;
     result?;
     // the waiter sees the route and execs the real command
-    Ok(())
+    Ok(ip)
 }
 
 /// Streams the container's log until it exits; Ctrl-C stops it. Returns its exit code.
