@@ -56,18 +56,27 @@ pub struct Proc {
 impl Proc {
     /// Starts `program` (the carrier binary or a link to it) with `args`, `envs`.
     pub fn spawn(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        Self::spawn_as(program, args, envs, None)
+    }
+
+    /// [`Proc::spawn`] under another user id (the test runs as root).
+    pub fn spawn_as(program: &Path, args: &[&str], envs: &[(&str, &str)], uid: Option<u32>) -> Proc {
         let dir = TempDir::new("log");
         let log = dir.path().join("stderr.log");
         let f = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_remove("GEFYRA_CARRIER_POD")
-            .env("GEFYRA_LOG", "info")
+            .env("GEFYRA_LOG", std::env::var("TEST_CARRIER_LOG").unwrap_or("info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(f));
         for (k, v) in envs {
             cmd.env(k, v);
+        }
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
         }
         let child = cmd.spawn().expect("spawn carrier");
         Proc {
