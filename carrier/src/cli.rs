@@ -124,7 +124,9 @@ struct PodFromEnv {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     Duration::try_from_secs_f64(v).map_err(|_| format!("`{s}` is not a number of seconds"))
 }
 
@@ -297,7 +299,9 @@ fn mappings(f: &ForwardArgs) -> Result<Vec<Mapping>, String> {
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     raise_fd_limit();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn run_forward(f: ForwardArgs) -> ExitCode {
@@ -339,7 +343,12 @@ fn run_pod(p: PodArgs) -> ExitCode {
     rt.block_on(async move {
         let control = match forward::bind_listener(p.control) {
             Ok(l) => l,
-            Err(e) => return fail_config(format!("cannot listen on control address {}: {e}", p.control)),
+            Err(e) => {
+                return fail_config(format!(
+                    "cannot listen on control address {}: {e}",
+                    p.control
+                ))
+            }
         };
         pod::run(control, opts, shutdown_signal()).await;
         ExitCode::SUCCESS
@@ -388,8 +397,14 @@ mod tests {
         let n = |s: &str| Some(OsString::from(s));
         assert_eq!(invocation(1, None, n("/bin/sh").as_ref()), Invocation::Pod);
         assert_eq!(invocation(7, Some("1"), n("sh").as_ref()), Invocation::Pod);
-        assert_eq!(invocation(7, None, n("/usr/bin/carrier").as_ref()), Invocation::Cli);
-        assert_eq!(invocation(7, None, n("/usr/bin/env").as_ref()), Invocation::Env);
+        assert_eq!(
+            invocation(7, None, n("/usr/bin/carrier").as_ref()),
+            Invocation::Cli
+        );
+        assert_eq!(
+            invocation(7, None, n("/usr/bin/env").as_ref()),
+            Invocation::Env
+        );
         assert_eq!(
             invocation(7, Some("0"), n("/usr/local/bin/python3").as_ref()),
             Invocation::Other("python3".into())
@@ -400,7 +415,14 @@ mod tests {
     fn flags() {
         Cli::command_check();
         let cli = Cli::try_parse_from([
-            "carrier", "forward", "--listen", "127.0.0.1:1", "--to", "h:2", "--map", "[::1]:3=[::1]:4",
+            "carrier",
+            "forward",
+            "--listen",
+            "127.0.0.1:1",
+            "--to",
+            "h:2",
+            "--map",
+            "[::1]:3=[::1]:4",
         ])
         .unwrap();
         let Cmd::Forward(f) = cli.cmd else { panic!() };

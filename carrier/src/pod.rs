@@ -11,7 +11,9 @@
 
 use crate::probe::{self, Head};
 use crate::serve::{self, ConnOptions, Limit};
-use proto::carrier::{CarrierReply, PortForward, StowawayMessage, MAX_MESSAGE_LEN, PROTOCOL_VERSION};
+use proto::carrier::{
+    CarrierReply, PortForward, StowawayMessage, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
@@ -133,7 +135,10 @@ fn apply(
         if p.port == 0 || wanted.insert(p.port, t).is_some() {
             return CarrierReply::Error {
                 version: PROTOCOL_VERSION,
-                reason: format!("port map of bridge {} is invalid: port {} is 0 or listed twice", req.bridge, p.port),
+                reason: format!(
+                    "port map of bridge {} is invalid: port {} is 0 or listed twice",
+                    req.bridge, p.port
+                ),
             };
         }
     }
@@ -164,7 +169,13 @@ fn apply(
             Ok(listener) => {
                 tracing::info!(port, forward = %target.forward, http_probe = target.http_probe, "port open");
                 let (target_tx, target_rx) = watch::channel(target);
-                let task = tokio::spawn(port_loop(listener, target_rx, limit.clone(), stop_rx.clone(), conn.clone()));
+                let task = tokio::spawn(port_loop(
+                    listener,
+                    target_rx,
+                    limit.clone(),
+                    stop_rx.clone(),
+                    conn.clone(),
+                ));
                 ports.insert(port, PortEntry { target_tx, task });
             }
             Err(e) => {
@@ -215,7 +226,12 @@ async fn port_loop(
     .await
 }
 
-async fn pod_connection(mut client: TcpStream, peer: SocketAddr, target: PortTarget, conn: Arc<ConnOptions>) {
+async fn pod_connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    target: PortTarget,
+    conn: Arc<ConnOptions>,
+) {
     let prefix = if target.http_probe {
         match probe::sniff(&mut client).await {
             Ok(Head::KubeProbe) => {
@@ -288,8 +304,13 @@ async fn control_link(sock: TcpStream, apply_tx: mpsc::Sender<ApplyRequest>) {
             StowawayMessage::Ping { .. } => CarrierReply::Pong {
                 version: PROTOCOL_VERSION,
             },
-            StowawayMessage::Configure { version, .. } if version == 0 || version > PROTOCOL_VERSION => {
-                tracing::warn!(version, "refusing a port map of an unknown protocol version");
+            StowawayMessage::Configure { version, .. }
+                if version == 0 || version > PROTOCOL_VERSION =>
+            {
+                tracing::warn!(
+                    version,
+                    "refusing a port map of an unknown protocol version"
+                );
                 CarrierReply::Error {
                     version: PROTOCOL_VERSION,
                     reason: format!("unsupported protocol version {version} (carrier speaks {PROTOCOL_VERSION})"),

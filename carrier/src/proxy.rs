@@ -50,14 +50,8 @@ pub async fn relay(
         b.write_all(prefix).await?;
     }
     let (ab, ba) = match mode {
-        CopyMode::Splice => tokio::try_join!(
-            copy_dir(&a, &b, true),
-            copy_dir(&b, &a, true)
-        ),
-        CopyMode::Buffered => tokio::try_join!(
-            copy_dir(&a, &b, false),
-            copy_dir(&b, &a, false)
-        ),
+        CopyMode::Splice => tokio::try_join!(copy_dir(&a, &b, true), copy_dir(&b, &a, true)),
+        CopyMode::Buffered => tokio::try_join!(copy_dir(&a, &b, false), copy_dir(&b, &a, false)),
     }
     .inspect_err(|_| {
         // Propagate an abortive close: the peer that did nothing wrong sees a
@@ -235,7 +229,13 @@ mod tests {
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"world");
         let moved = relay.await.unwrap().unwrap();
-        assert_eq!(moved, Moved { a_to_b: 8, b_to_a: 5 });
+        assert_eq!(
+            moved,
+            Moved {
+                a_to_b: 8,
+                b_to_a: 5
+            }
+        );
     }
 
     #[tokio::test]

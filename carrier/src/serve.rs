@@ -57,12 +57,19 @@ impl Limit {
         if open == 0 {
             return 0;
         }
-        tracing::info!(open, grace_secs = grace.as_secs_f64(), "draining connections");
+        tracing::info!(
+            open,
+            grace_secs = grace.as_secs_f64(),
+            "draining connections"
+        );
         match tokio::time::timeout(grace, self.sem.acquire_many(self.max)).await {
             Ok(_) => 0,
             Err(_) => {
                 let left = self.open();
-                tracing::warn!(open = left, "grace time over; closing remaining connections");
+                tracing::warn!(
+                    open = left,
+                    "grace time over; closing remaining connections"
+                );
                 left
             }
         }
@@ -127,8 +134,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub async fn connect(addrs: &[SocketAddr], opts: &ConnOptions) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
     for addr in addrs {
-        match tokio::time::timeout(opts.connect_timeout, connect_one(*addr, opts.source_ip)).await
-        {
+        match tokio::time::timeout(opts.connect_timeout, connect_one(*addr, opts.source_ip)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Ok(s);

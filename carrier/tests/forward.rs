@@ -29,7 +29,11 @@ async fn forwarder(pairs: &[(SocketAddr, String)], extra: &[&str]) -> Proc {
     // Ready when every listener is logged (a probe connection would reach the backends).
     wait_until(UP, "carrier logs its listeners", || {
         let log = p.log();
-        async move { pairs.iter().all(|(l, _)| log.contains(&format!("listen={l} "))) }
+        async move {
+            pairs
+                .iter()
+                .all(|(l, _)| log.contains(&format!("listen={l} ")))
+        }
     })
     .await;
     p
@@ -194,7 +198,10 @@ async fn thousand_concurrent_short_connections() {
             ok += 1;
         }
     }
-    eprintln!("1,000 concurrent connections answered in {:?}", start.elapsed());
+    eprintln!(
+        "1,000 concurrent connections answered in {:?}",
+        start.elapsed()
+    );
     assert_eq!(ok, 1000, "connections answered correctly");
     assert_eq!(count.load(Ordering::SeqCst), 1000);
     assert!(p.alive());
@@ -230,7 +237,9 @@ async fn upstream_down_closes_client_cleanly_with_one_log_line() {
 
 /// A backend that sends `greeting`, half-closes, and then reads what the
 /// client still sends after that, returning it.
-async fn greet_then_read(greeting: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+async fn greet_then_read(
+    greeting: &'static [u8],
+) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let h = tokio::spawn(async move {
@@ -264,7 +273,9 @@ async fn half_close_both_ways(extra: &[&str]) {
     let mut greeting = Vec::new();
     s.read_to_end(&mut greeting).await.unwrap(); // EOF: the server's FIN arrived
     assert_eq!(greeting, b"hello, then FIN");
-    s.write_all(b"late data after the server's FIN").await.unwrap();
+    s.write_all(b"late data after the server's FIN")
+        .await
+        .unwrap();
     s.shutdown().await.unwrap();
     assert_eq!(got.await.unwrap(), b"late data after the server's FIN");
 }
@@ -294,7 +305,12 @@ async fn exec_style_invocations_while_a_carrier_runs() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.lines().any(|l| l == "GEFYRA_TEST_MARKER=bridged=yes"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "GEFYRA_TEST_MARKER=bridged=yes"),
+        "{stdout}"
+    );
     assert!(stdout.lines().any(|l| l.starts_with("PATH=")), "{stdout}");
 
     for name in ["sh", "python3"] {
@@ -312,19 +328,34 @@ async fn exec_style_invocations_while_a_carrier_runs() {
 
     // The running carrier was not disturbed and no second proxy started.
     assert!(p.alive());
-    assert_eq!(exchange(listen, b"still here").await.unwrap(), b"still here");
+    assert_eq!(
+        exchange(listen, b"still here").await.unwrap(),
+        b"still here"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_flags_and_unbindable_mapping_exit_64() {
-    let run = |args: &[&str]| Command::new(BIN).args(args).env_remove("GEFYRA_CARRIER_POD").output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("GEFYRA_CARRIER_POD")
+            .output()
+            .unwrap()
+    };
     for args in [
         &["forward", "--listen", "nope", "--to", "127.0.0.1:1"][..],
         &["forward", "--listen", "127.0.0.1:1"][..],
         &["forward", "--listen", "127.0.0.1:0", "--to", "::1:80"][..],
         &["forward", "--map", "127.0.0.1:0"][..],
         &["forward"][..],
-        &["forward", "--grace", "soon", "--map", "127.0.0.1:0=127.0.0.1:1"][..],
+        &[
+            "forward",
+            "--grace",
+            "soon",
+            "--map",
+            "127.0.0.1:0=127.0.0.1:1",
+        ][..],
         &["frobnicate"][..],
     ] {
         let out = run(args);
@@ -335,11 +366,20 @@ async fn bad_flags_and_unbindable_mapping_exit_64() {
     // A port that is taken: one clear error naming the address.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let out = run(&["forward", "--listen", &addr.to_string(), "--to", "127.0.0.1:9"]);
+    let out = run(&[
+        "forward",
+        "--listen",
+        &addr.to_string(),
+        "--to",
+        "127.0.0.1:9",
+    ]);
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains(&addr.to_string()) && err.contains("in use"), "{err}");
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("in use"),
+        "{err}"
+    );
     // Help is not an error.
     let out = run(&["forward", "--help"]);
     assert_eq!(out.status.code(), Some(0));
@@ -370,7 +410,9 @@ async fn sigterm_stops_accepting_and_drains_within_grace() {
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, b"after");
-    let status = p.wait_exit(Duration::from_secs(10)).expect("carrier exits once drained");
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("carrier exits once drained");
     assert_eq!(status.code(), Some(0));
 
     // With a short grace, a connection that never ends is cut.
@@ -381,8 +423,14 @@ async fn sigterm_stops_accepting_and_drains_within_grace() {
     s.read_exact(&mut one).await.unwrap();
     let t = Instant::now();
     p.signal(Signal::SIGTERM);
-    let status = p.wait_exit(Duration::from_secs(10)).expect("carrier exits after the grace");
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("carrier exits after the grace");
     assert_eq!(status.code(), Some(0));
-    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(p.log().contains("grace time over"), "{}", p.log());
 }

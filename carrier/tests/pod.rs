@@ -132,10 +132,14 @@ async fn pod_carrier(control_port: u16, as_name: Option<(&TempDir, &str)>) -> Pr
             Proc::spawn(&prog, &["app.py", "--port", "8000"], &envs)
         }
     };
-    wait_until(Duration::from_secs(20), "carrier waits for stowaway", || {
-        let log = p.log();
-        async move { log.contains("in-Pod mode: waiting for stowaway") }
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "carrier waits for stowaway",
+        || {
+            let log = p.log();
+            async move { log.contains("in-Pod mode: waiting for stowaway") }
+        },
+    )
     .await;
     p
 }
@@ -168,11 +172,27 @@ async fn in_pod_mode_with_stowaway_restarts_and_live_changes() {
     let (app1, app1_count) = echo_server("127.0.0.1", "app1:").await;
     let (app2, app2_count) = echo_server("127.0.0.1", "app2:").await;
     let (r1, r2, r3) = (free_port(POD_IP), free_port(POD_IP), free_port(POD_IP));
-    let (rp1, rp2, rp3) = (free_port("127.0.0.1"), free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let (rp1, rp2, rp3) = (
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+    );
     let cp = free_port(POD_IP);
-    let p1 = BridgePort { remote: r1, local: app1.port(), route_port: rp1 };
-    let p2 = BridgePort { remote: r2, local: app2.port(), route_port: rp2 };
-    let p3 = BridgePort { remote: r3, local: app1.port(), route_port: rp3 };
+    let p1 = BridgePort {
+        remote: r1,
+        local: app1.port(),
+        route_port: rp1,
+    };
+    let p2 = BridgePort {
+        remote: r2,
+        local: app2.port(),
+        route_port: rp2,
+    };
+    let p3 = BridgePort {
+        remote: r3,
+        local: app1.port(),
+        route_port: rp3,
+    };
 
     let mut carrier = pod_carrier(cp, None).await;
     let st = Stowaway::start(vec![spec(&[p1, p2], vec![r2])], cp);
@@ -180,12 +200,19 @@ async fn in_pod_mode_with_stowaway_restarts_and_live_changes() {
     assert_eq!(st.status_rx.borrow()[0].route_ports, vec![rp1, rp2]);
 
     // Traffic to the Pod's port reaches the local container, both ways.
-    assert_eq!(exchange(pod_addr(r1), b"hello").await.unwrap(), b"app1:hello");
+    assert_eq!(
+        exchange(pod_addr(r1), b"hello").await.unwrap(),
+        b"app1:hello"
+    );
 
     // kube-probe on the probe port is answered by carrier; the app never sees it.
     let before = app2_count.load(Ordering::SeqCst);
     let reply = exchange(pod_addr(r2), PROBE).await.unwrap();
-    assert!(reply.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     assert_eq!(app2_count.load(Ordering::SeqCst), before);
     // Any other request is forwarded byte for byte, including the peeked head.
     let req = b"POST /items/123 HTTP/1.1\r\nHost: svc\r\nUser-Agent: curl/8.5\r\nContent-Length: 4\r\n\r\nbody";
@@ -194,7 +221,12 @@ async fn in_pod_mode_with_stowaway_restarts_and_live_changes() {
     assert_eq!(exchange(pod_addr(r2), req).await.unwrap(), want);
     // Not HTTP at all: forwarded untouched too.
     let got = exchange(pod_addr(r2), b"\x00\x01binary").await;
-    assert_eq!(got.as_deref().ok(), Some(&b"app2:\x00\x01binary"[..]), "{got:?}\n{}", carrier.log());
+    assert_eq!(
+        got.as_deref().ok(),
+        Some(&b"app2:\x00\x01binary"[..]),
+        "{got:?}\n{}",
+        carrier.log()
+    );
 
     // A route port refuses a source that is not a bridged Pod.
     let before = app1_count.load(Ordering::SeqCst);
@@ -213,7 +245,11 @@ async fn in_pod_mode_with_stowaway_restarts_and_live_changes() {
         }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app1_count.load(Ordering::SeqCst), before, "the local container was not reached");
+    assert_eq!(
+        app1_count.load(Ordering::SeqCst),
+        before,
+        "the local container was not reached"
+    );
 
     // Live change: R1 removed, R3 added; an open connection on R2 survives.
     let mut held = TcpStream::connect(pod_addr(r2)).await.unwrap();
@@ -222,7 +258,10 @@ async fn in_pod_mode_with_stowaway_restarts_and_live_changes() {
     held.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"app2:\x00held");
     st.bridges_tx.send_replace(vec![spec(&[p2, p3], vec![r2])]);
-    wait_until(RECOVERY, "R3 serves after the live change", || works(pod_addr(r3), b"3", b"app1:3")).await;
+    wait_until(RECOVERY, "R3 serves after the live change", || {
+        works(pod_addr(r3), b"3", b"app1:3")
+    })
+    .await;
     st.wait_ready("after the live change").await;
     wait_until(Duration::from_secs(10), "R1 is closed", || async {
         TcpStream::connect(pod_addr(r1)).await.is_err()
@@ -237,35 +276,58 @@ async fn in_pod_mode_with_stowaway_restarts_and_live_changes() {
     // Carrier restarts (here: killed, then started under another name, as the
     // kubelet would restart the container with its original command).
     carrier.kill();
-    wait_until(Duration::from_secs(10), "status shows the carrier down", || {
-        let down = !st.ready();
-        async move { down }
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "status shows the carrier down",
+        || {
+            let down = !st.ready();
+            async move { down }
+        },
+    )
     .await;
     let dir = TempDir::new("pod");
     let carrier2 = pod_carrier(cp, Some((&dir, "python3"))).await;
-    wait_until(RECOVERY, "traffic after the carrier restart", || works(pod_addr(r3), b"r", b"app1:r")).await;
+    wait_until(RECOVERY, "traffic after the carrier restart", || {
+        works(pod_addr(r3), b"r", b"app1:r")
+    })
+    .await;
     st.wait_ready("after the carrier restart").await;
-    assert!(carrier2.log().contains("the container's command and args are ignored"));
+    assert!(carrier2
+        .log()
+        .contains("the container's command and args are ignored"));
 
     // Stowaway restarts: while it is gone the route is closed; a new instance
     // reconfigures the running carrier and traffic flows again.
     let specs = st.bridges_tx.borrow().clone();
     st.stop().await;
-    wait_until(Duration::from_secs(10), "no route while stowaway is down", || async {
-        !works(pod_addr(r3), b"x", b"app1:x").await
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "no route while stowaway is down",
+        || async { !works(pod_addr(r3), b"x", b"app1:x").await },
+    )
     .await;
     let st = Stowaway::start(specs, cp);
     st.wait_ready("after the stowaway restart").await;
-    wait_until(RECOVERY, "traffic after the stowaway restart", || works(pod_addr(r3), b"s", b"app1:s")).await;
-    assert_eq!(exchange(pod_addr(r2), PROBE).await.unwrap().get(..15), Some(&b"HTTP/1.1 200 OK"[..]));
+    wait_until(RECOVERY, "traffic after the stowaway restart", || {
+        works(pod_addr(r3), b"s", b"app1:s")
+    })
+    .await;
+    assert_eq!(
+        exchange(pod_addr(r2), PROBE).await.unwrap().get(..15),
+        Some(&b"HTTP/1.1 200 OK"[..])
+    );
 
     // Removing the bridge closes its route listeners and links.
     st.bridges_tx.send_replace(vec![]);
-    wait_until(Duration::from_secs(10), "route listeners closed", || async {
-        TcpStream::connect(SocketAddr::new(STOWAWAY_IP.into(), rp3)).await.is_err()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "route listeners closed",
+        || async {
+            TcpStream::connect(SocketAddr::new(STOWAWAY_IP.into(), rp3))
+                .await
+                .is_err()
+        },
+    )
     .await;
     assert!(st.status_rx.borrow().is_empty());
     st.stop().await;
@@ -281,7 +343,10 @@ impl RawLink {
     async fn open(control: SocketAddr) -> RawLink {
         let s = TcpStream::connect(control).await.unwrap();
         let (r, w) = s.into_split();
-        RawLink { r: BufReader::new(r), w }
+        RawLink {
+            r: BufReader::new(r),
+            w,
+        }
     }
     async fn send_line(&mut self, line: &[u8]) {
         self.w.write_all(line).await.unwrap();
@@ -311,27 +376,55 @@ async fn bad_control_messages_close_only_that_link() {
     let rp1 = free_port("127.0.0.1");
     let cp = free_port(POD_IP);
     let carrier = pod_carrier(cp, None).await;
-    let st = Stowaway::start(vec![spec(&[BridgePort { remote: r1, local: app.port(), route_port: rp1 }], vec![])], cp);
+    let st = Stowaway::start(
+        vec![spec(
+            &[BridgePort {
+                remote: r1,
+                local: app.port(),
+                route_port: rp1,
+            }],
+            vec![],
+        )],
+        cp,
+    );
     st.wait_ready("configuration").await;
 
     let control = pod_addr(cp);
     let mut link = RawLink::open(control).await;
     // An unknown protocol version is refused, the link stays.
     let reply = link
-        .send(&StowawayMessage::Configure { version: PROTOCOL_VERSION + 7, bridge: "x".into(), ports: vec![] })
+        .send(&StowawayMessage::Configure {
+            version: PROTOCOL_VERSION + 7,
+            bridge: "x".into(),
+            ports: vec![],
+        })
         .await;
-    assert!(matches!(reply, Some(CarrierReply::Error { ref reason, .. }) if reason.contains("version")), "{reply:?}");
-    assert!(matches!(link.send(&StowawayMessage::Ping { version: 1 }).await, Some(CarrierReply::Pong { .. })));
+    assert!(
+        matches!(reply, Some(CarrierReply::Error { ref reason, .. }) if reason.contains("version")),
+        "{reply:?}"
+    );
+    assert!(matches!(
+        link.send(&StowawayMessage::Ping { version: 1 }).await,
+        Some(CarrierReply::Pong { .. })
+    ));
     // Garbage: an error reply with the reason, then the link closes.
     let log_before = carrier.log().lines().count();
-    link.send_line(b"{\"type\":\"configure\",\"ports\":\"all of them\"}").await;
+    link.send_line(b"{\"type\":\"configure\",\"ports\":\"all of them\"}")
+        .await;
     let reply = link.reply().await;
-    assert!(matches!(reply, Some(CarrierReply::Error { ref reason, .. }) if reason.contains("does not parse")), "{reply:?}");
+    assert!(
+        matches!(reply, Some(CarrierReply::Error { ref reason, .. }) if reason.contains("does not parse")),
+        "{reply:?}"
+    );
     assert!(link.reply().await.is_none(), "the link is closed");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = carrier.log();
     let new: Vec<&str> = log.lines().skip(log_before).collect();
-    assert!(new.iter().any(|l| l.contains("closing control link") && l.contains("does not parse")), "{new:#?}");
+    assert!(
+        new.iter()
+            .any(|l| l.contains("closing control link") && l.contains("does not parse")),
+        "{new:#?}"
+    );
 
     // Carrier keeps serving what it had, and stowaway's own link is unaffected.
     assert!(works(pod_addr(r1), b"ok", b"app:ok").await);
@@ -347,8 +440,15 @@ async fn ports_below_1024_as_non_root_give_a_clear_error() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1024);
-    if unpriv <= 80 || !std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))) {
-        eprintln!("skipped: needs root to start carrier as uid 65532 and ip_unprivileged_port_start > 80");
+    if unpriv <= 80
+        || !std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+    {
+        eprintln!(
+            "skipped: needs root to start carrier as uid 65532 and ip_unprivileged_port_start > 80"
+        );
         return;
     }
     let cp = free_port(POD_IP);
@@ -357,7 +457,10 @@ async fn ports_below_1024_as_non_root_give_a_clear_error() {
     let p = Proc::spawn_as(
         std::path::Path::new(BIN),
         &["pod"],
-        &[("GEFYRA_CARRIER_CONTROL_ADDR", &control), ("GEFYRA_CARRIER_BIND_IP", POD_IP)],
+        &[
+            ("GEFYRA_CARRIER_CONTROL_ADDR", &control),
+            ("GEFYRA_CARRIER_BIND_IP", POD_IP),
+        ],
         Some(proto::IMAGE_UID),
     );
     wait_until(Duration::from_secs(20), "carrier up as uid 65532", || {
@@ -372,14 +475,25 @@ async fn ports_below_1024_as_non_root_give_a_clear_error() {
             version: PROTOCOL_VERSION,
             bridge: "web".into(),
             ports: vec![
-                PortForward { port: 80, forward: fwd, http_probe: false },
-                PortForward { port: ok_port, forward: fwd, http_probe: false },
+                PortForward {
+                    port: 80,
+                    forward: fwd,
+                    http_probe: false,
+                },
+                PortForward {
+                    port: ok_port,
+                    forward: fwd,
+                    http_probe: false,
+                },
             ],
         })
         .await;
     match reply {
         Some(CarrierReply::Error { reason, .. }) => {
-            assert!(reason.contains("port 80") && reason.contains("NET_BIND_SERVICE"), "{reason}");
+            assert!(
+                reason.contains("port 80") && reason.contains("NET_BIND_SERVICE"),
+                "{reason}"
+            );
             assert!(reason.contains("ip_unprivileged_port_start"), "{reason}");
         }
         other => panic!("expected an error, got {other:?}"),

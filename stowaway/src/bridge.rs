@@ -18,7 +18,9 @@
 //! given explicitly ([`run_with`]). The module depends only on `proto`, tokio,
 //! tracing and serde_json.
 
-use proto::carrier::{CarrierReply, PortForward, StowawayMessage, MAX_MESSAGE_LEN, PROTOCOL_VERSION};
+use proto::carrier::{
+    CarrierReply, PortForward, StowawayMessage, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+};
 use proto::cluster::{BridgeSpec, BridgedPod};
 use proto::status::{BridgeStatus, CarrierStatus};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -89,7 +91,9 @@ pub async fn run<D: Dial + Clone>(
     if let Ok(v) = std::env::var(proto::ENV_CARRIER_CONTROL_PORT) {
         match v.parse::<u16>() {
             Ok(p) if p != 0 => opts.control_port = p,
-            _ => tracing::warn!(value = %v, "ignoring {}: not a port", proto::ENV_CARRIER_CONTROL_PORT),
+            _ => {
+                tracing::warn!(value = %v, "ignoring {}: not a port", proto::ENV_CARRIER_CONTROL_PORT)
+            }
         }
     }
     run_with(bridges, pod_ip, dialer, status_tx, shutdown, opts).await
@@ -206,7 +210,11 @@ fn port_map(spec: &BridgeSpec, pod_ip: Ipv4Addr) -> Vec<PortForward> {
         .collect()
 }
 
-fn reconcile<D: Dial + Clone>(rts: &mut BTreeMap<String, BridgeRt>, specs: &[BridgeSpec], ctx: &Ctx<D>) {
+fn reconcile<D: Dial + Clone>(
+    rts: &mut BTreeMap<String, BridgeRt>,
+    specs: &[BridgeSpec],
+    ctx: &Ctx<D>,
+) {
     let wanted: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     rts.retain(|name, _| {
         let keep = wanted.contains(name.as_str());
@@ -305,8 +313,11 @@ fn update<D: Dial + Clone>(rt: &mut BridgeRt, spec: &BridgeSpec, ctx: &Ctx<D>) {
     }
 
     // Control links, keyed by (pod name, pod ip).
-    let pods: HashMap<(String, Ipv4Addr), &BridgedPod> =
-        spec.pods.iter().map(|p| ((p.name.clone(), p.ip), p)).collect();
+    let pods: HashMap<(String, Ipv4Addr), &BridgedPod> = spec
+        .pods
+        .iter()
+        .map(|p| ((p.name.clone(), p.ip), p))
+        .collect();
     rt.carriers.retain(|key, c| {
         let keep = pods.contains_key(key);
         if !keep {
@@ -318,7 +329,8 @@ fn update<D: Dial + Clone>(rt: &mut BridgeRt, spec: &BridgeSpec, ctx: &Ctx<D>) {
         if rt.carriers.contains_key(&key) {
             continue;
         }
-        let span = tracing::info_span!("carrier", bridge = %spec.name, pod = %pod.name, ip = %pod.ip);
+        let span =
+            tracing::info_span!("carrier", bridge = %spec.name, pod = %pod.name, ip = %pod.ip);
         let task = tokio::spawn(
             carrier_link(
                 spec.name.clone(),
@@ -349,7 +361,10 @@ fn apply_event(rts: &mut BTreeMap<String, BridgeRt>, ev: Event) -> bool {
             configured,
             error,
         } => {
-            let Some(c) = rts.get_mut(&bridge).and_then(|rt| rt.carriers.get_mut(&(pod, ip))) else {
+            let Some(c) = rts
+                .get_mut(&bridge)
+                .and_then(|rt| rt.carriers.get_mut(&(pod, ip)))
+            else {
                 return false;
             };
             c.configured = configured;
@@ -361,7 +376,10 @@ fn apply_event(rts: &mut BTreeMap<String, BridgeRt>, ev: Event) -> bool {
             route_port,
             open,
         } => {
-            let Some(r) = rts.get_mut(&bridge).and_then(|rt| rt.routes.get_mut(&route_port)) else {
+            let Some(r) = rts
+                .get_mut(&bridge)
+                .and_then(|rt| rt.routes.get_mut(&route_port))
+            else {
                 return false;
             };
             r.open = open;
@@ -541,12 +559,17 @@ struct Link<'a> {
 
 impl Link<'_> {
     /// One control connection; returns why it ended.
-    async fn serve(&mut self, addr: SocketAddrV4, ports_rx: &mut watch::Receiver<Vec<PortForward>>) -> String {
-        let sock = match tokio::time::timeout(self.opts.reply_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return format!("cannot reach carrier at {addr}: {e}"),
-            Err(_) => return format!("cannot reach carrier at {addr}: timed out"),
-        };
+    async fn serve(
+        &mut self,
+        addr: SocketAddrV4,
+        ports_rx: &mut watch::Receiver<Vec<PortForward>>,
+    ) -> String {
+        let sock =
+            match tokio::time::timeout(self.opts.reply_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return format!("cannot reach carrier at {addr}: {e}"),
+                Err(_) => return format!("cannot reach carrier at {addr}: timed out"),
+            };
         let _ = sock.set_nodelay(true);
         tracing::info!(%addr, "control link open");
         let (r, mut w) = sock.into_split();

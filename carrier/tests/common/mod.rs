@@ -60,14 +60,22 @@ impl Proc {
     }
 
     /// [`Proc::spawn`] under another user id (the test runs as root).
-    pub fn spawn_as(program: &Path, args: &[&str], envs: &[(&str, &str)], uid: Option<u32>) -> Proc {
+    pub fn spawn_as(
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        uid: Option<u32>,
+    ) -> Proc {
         let dir = TempDir::new("log");
         let log = dir.path().join("stderr.log");
         let f = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_remove("GEFYRA_CARRIER_POD")
-            .env("GEFYRA_LOG", std::env::var("TEST_CARRIER_LOG").unwrap_or("info".into()))
+            .env(
+                "GEFYRA_LOG",
+                std::env::var("TEST_CARRIER_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(f));
@@ -137,10 +145,15 @@ impl Drop for Proc {
 pub async fn wait_listening(addr: SocketAddr, limit: Duration) {
     let start = Instant::now();
     loop {
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
+        {
             return;
         }
-        assert!(start.elapsed() < limit, "{addr} did not start listening within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "{addr} did not start listening within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -153,7 +166,10 @@ where
 {
     let start = Instant::now();
     while !cond().await {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -161,13 +177,17 @@ where
 /// A server that answers each connection with `tag`, then echoes everything it
 /// reads until EOF, then closes. Returns its address and a connection counter.
 pub async fn echo_server(ip: &str, tag: &'static str) -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
-    let l = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0)).await.unwrap();
+    let l = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
     let addr = l.local_addr().unwrap();
     let count = std::sync::Arc::new(AtomicUsize::new(0));
     let c = count.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             c.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 if s.write_all(tag.as_bytes()).await.is_err() {
