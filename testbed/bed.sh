@@ -301,15 +301,18 @@ stop_pid() {   # stop_pid PART: SIGTERM, wait up to 10 s, SIGKILL
 }
 
 # ------------------------------------------------------------------ checks
+# (no `| grep -q` under pipefail: grep's early exit would fail the pipeline with SIGPIPE)
 api() { curl -sf -m 3 --cacert "$W/pki/ca.crt" -H 'Authorization: Bearer admintoken' "https://$(cat "$R/node_ip"):$APISERVER_PORT$1"; }
+has() { local want=$1 out; shift; out=$("$@" 2>/dev/null) || return 1; [[ $out == *"$want"* ]]; }
 check_registry() { curl -sf -m 2 -o /dev/null "http://$REGISTRY_ADDR/v2/"; }
-check_etcd() { curl -sf -m 2 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+check_etcd() { has '"health":"true"' curl -sf -m 2 "http://127.0.0.1:$ETCD_PORT/health"; }
 check_apiserver() { [ "$(api /readyz)" = ok ]; }
 check_controller-manager() { api /api/v1/namespaces/default/serviceaccounts/default >/dev/null; }
-check_scheduler() { curl -sfk -m 2 https://127.0.0.1:10259/healthz | grep -qx ok; }
-check_dns() { "$DNS_BIN" query --server "$(cat "$R/node_ip"):53" "kubernetes.default.svc.$CLUSTER_DOMAIN" | grep -qx "$KUBERNETES_SVC_IP"; }
-check_kubelet() { api /api/v1/nodes/localhost | tr -d ' \n' | grep -q '"type":"Ready","status":"True"'; }
-check_kube-proxy() { curl -sf -m 2 http://127.0.0.1:10256/healthz | grep -q lastUpdated; }
+check_scheduler() { has ok curl -sfk -m 2 https://127.0.0.1:10259/healthz; }
+check_dns() { has "$KUBERNETES_SVC_IP" "$R/testbed-dns" query --server "$(cat "$R/node_ip"):53" "kubernetes.default.svc.$CLUSTER_DOMAIN"; }
+node_ready() { local j; j=$(api /api/v1/nodes/localhost) || return 1; j=${j//[[:space:]]/}; [[ $j == *'"type":"Ready","status":"True"'* ]]; }
+check_kubelet() { node_ready; }
+check_kube-proxy() { has lastUpdated curl -sf -m 2 http://127.0.0.1:10256/healthz; }
 check_hairpin() { true; }
 
 # ------------------------------------------------------------------ network safety
@@ -325,7 +328,7 @@ sink_up() {
   sysctl -qw "net.ipv6.conf.$SINK.disable_ipv6=1" 2>/dev/null || true
   ip link set "$SINK" up
   ip route replace "$SERVICE_CIDR" dev "$SINK"
-  ip route get "$KUBERNETES_SVC_IP" | grep -q "dev $SINK" || die "sink route for $SERVICE_CIDR missing"
+  [[ $(ip route get "$KUBERNETES_SVC_IP") == *"dev $SINK"* ]] || die "sink route for $SERVICE_CIDR missing"
   iptables -w 5 -N "$SINKCHAIN" 2>/dev/null || iptables -w 5 -F "$SINKCHAIN"
   iptables -w 5 -A "$SINKCHAIN" -d "$SERVICE_CIDR" -j DROP
   local c
@@ -469,6 +472,7 @@ up() {
   build
   local ip; ip=$(node_ip)
   echo "$ip" >"$R/node_ip"
+  install -m 0755 "$DNS_BIN" "$R/testbed-dns"   # a copy: rebuilding the crate never touches the running bed
   local P=$W/pki
   say "starting (node address $ip)"
   sink_up      # BEFORE anything that could create or send service-CIDR traffic
@@ -502,7 +506,7 @@ up() {
     --bind-address=127.0.0.1 --port=0
   spawn scheduler kube-scheduler "$B/kube-scheduler" --kubeconfig="$W/kubeconfig" --leader-elect=false \
     --bind-address=127.0.0.1 --port=0
-  GEFYRA_LOG=${GEFYRA_LOG:-info} spawn dns testbed-dns "$DNS_BIN" serve --listen "$ip:53" \
+  GEFYRA_LOG=${GEFYRA_LOG:-info} spawn dns testbed-dns "$R/testbed-dns" serve --listen "$ip:53" \
     --kubeconfig "$W/kubeconfig" --domain "$CLUSTER_DOMAIN" ${TESTBED_DNS_UPSTREAM:+--upstream "$TESTBED_DNS_UPSTREAM"}
   wait_for scheduler 30 check_scheduler
   wait_for controller-manager 60 check_controller-manager
@@ -562,7 +566,7 @@ down() {
   fi
   rm -rf "$R/etcd"
   # kube-proxy leaves its iptables rules behind on exit: remove them (not IPVS: not ours)
-  if [ -x "$B/kube-proxy" ] && iptables-save -t nat 2>/dev/null | grep -q '^:KUBE-'; then
+  if [ -x "$B/kube-proxy" ] && [[ $(iptables-save -t nat 2>/dev/null) == *$'\n:KUBE-'* ]]; then
     timeout 60 "$B/kube-proxy" --cleanup --cleanup-ipvs=false >"$L/kube-proxy-cleanup.log" 2>&1 || true
     local t c
     for t in nat filter mangle; do

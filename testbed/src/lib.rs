@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod query;
 pub mod server;
+pub mod tools;
 pub mod zone;
 
 pub use server::{run, ServerConfig};

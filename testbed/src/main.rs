@@ -38,6 +38,24 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         timeout_secs: u64,
     },
+    /// UDP echo server (for smoke tests): replies PREFIX + datagram to each sender.
+    UdpEcho {
+        #[arg(long, default_value = "0.0.0.0:9999")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Sends MESSAGE to ADDR over UDP and prints the reply (exit 1 after TRIES timeouts).
+    UdpAsk {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "ping")]
+        message: String,
+        #[arg(long, default_value_t = 2)]
+        timeout_secs: u64,
+        #[arg(long, default_value_t = 3)]
+        tries: u32,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +89,22 @@ fn main() -> std::process::ExitCode {
             domain,
             upstream,
         } => serve(listen, kubeconfig, domain, upstream),
+        Cmd::UdpEcho { listen, prefix } => std::net::UdpSocket::bind(listen)
+            .and_then(|s| gefyra_testbed::tools::udp_echo(&s, &prefix, None))
+            .with_context(|| format!("udp echo on {listen}")),
+        Cmd::UdpAsk {
+            to,
+            message,
+            timeout_secs,
+            tries,
+        } => gefyra_testbed::tools::udp_ask(
+            to,
+            message.as_bytes(),
+            Duration::from_secs(timeout_secs),
+            tries,
+        )
+        .map(|r| println!("{}", String::from_utf8_lossy(&r)))
+        .with_context(|| format!("no UDP reply from {to}")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
