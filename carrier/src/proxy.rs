@@ -17,8 +17,28 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-/// Bytes moved by one splice call at most (and the pipe size we ask for).
-const PIPE_SIZE: usize = 1 << 20;
+/// Bytes moved by one splice call at most.
+const SPLICE_LEN: usize = 1 << 20;
+/// Linux's default pipe capacity.
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+/// Env override of the pipe capacity per direction (bytes; benchmarks).
+pub const ENV_PIPE_SIZE: &str = "GEFYRA_CARRIER_PIPE_SIZE";
+
+/// The pipe capacity per direction. Pipe pages count against a per-user quota
+/// shared by every process of the same uid on the node
+/// (/proc/sys/fs/pipe-user-pages-soft, 64 MiB by default), and carrier runs
+/// as uid 65532, a common non-root uid: the kernel's default size is kept
+/// unless the environment asks otherwise.
+fn pipe_size() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::env::var(ENV_PIPE_SIZE)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| (4096..=(1 << 26)).contains(&n))
+            .unwrap_or(DEFAULT_PIPE_SIZE)
+    })
+}
 /// Buffer per direction of the buffered path.
 const BUF_SIZE: usize = 64 * 1024;
 
@@ -81,9 +101,12 @@ struct Pipe {
 impl Pipe {
     fn new() -> io::Result<Self> {
         let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        // A bigger pipe means fewer syscalls per byte; the default (64 KiB) is
-        // kept when the limit (/proc/sys/fs/pipe-max-size) refuses it.
-        let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+        let size = pipe_size();
+        if size != DEFAULT_PIPE_SIZE {
+            // Refused above /proc/sys/fs/pipe-max-size or over the per-user
+            // pipe quota: the default size is kept.
+            let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(size as i32));
+        }
         Ok(Pipe { r, w })
     }
 }
@@ -95,6 +118,9 @@ fn shutdown_write(s: &TcpStream) {
 
 /// One direction: src -> dst until EOF on src, then FIN to dst.
 async fn copy_dir(src: &TcpStream, dst: &TcpStream, try_splice: bool) -> io::Result<u64> {
+    // Pipes and buffers are made when the first bytes (or EOF) arrive: an idle
+    // connection (a tcpSocket probe, a pooled keep-alive) holds none.
+    src.readable().await?;
     if try_splice {
         match Pipe::new() {
             Ok(pipe) => match splice_dir(src, dst, &pipe).await {
@@ -131,7 +157,7 @@ async fn splice_dir(src: &TcpStream, dst: &TcpStream, pipe: &Pipe) -> Result<u64
         let n = loop {
             src.readable().await?;
             match src.try_io(Interest::READABLE, || {
-                splice(src, None, &pipe.w, None, PIPE_SIZE, flags).map_err(io::Error::from)
+                splice(src, None, &pipe.w, None, SPLICE_LEN, flags).map_err(io::Error::from)
             }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
