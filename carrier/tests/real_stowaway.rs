@@ -55,7 +55,7 @@ async fn configured(health: SocketAddr) -> bool {
 }
 
 fn start_stowaway(
-    bin: &PathBuf,
+    bin: &std::path::Path,
     dir: &TempDir,
     config: &serde_json::Value,
     control_port: u16,
