@@ -65,7 +65,11 @@ pub async fn up(g: &Global, a: UpArgs) -> Result<i32> {
     let cluster = k8s::connect(g.kubeconfig.as_deref(), g.context.as_deref()).await?;
     let d = docker::connect().await?;
     let mut undo = Undo::default();
-    let r = up_inner(g, &a, &cluster, &d, &mut undo).await;
+    // Ctrl-C is a failure like any other: what this run created is removed
+    let r = tokio::select! {
+        r = up_inner(g, &a, &cluster, &d, &mut undo) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; run `gefyra up` again to connect")),
+    };
     match r {
         Ok(code) => Ok(code),
         Err(e) => {
@@ -192,7 +196,7 @@ async fn up_inner(
     let cargo = docker::cargo_name(conn);
     let cargo_cfg = proto::config::CargoConfig {
         private_key: private.clone(),
-        peer_public_key: server_key,
+        peer_public_key: server_key.clone(),
         endpoint: endpoint.clone(),
         tunnel_ip,
         tun_name: proto::config::default_tun_name(),
@@ -213,12 +217,14 @@ async fn up_inner(
         registry: a.registry.clone(),
         carrier_image: a.image(&a.carrier_image, proto::IMAGE_CARRIER),
         cargo_image: cargo_image.clone(),
+        server_public_key: server_key.to_base64(),
     };
     let same_config = prev.as_ref().map(|p| {
         p.tunnel_ip == tunnel_ip
             && p.endpoint == endpoint
             && p.subnet == subnet
             && p.cargo_image == cargo_image
+            && p.server_public_key == server_key.to_base64()
     }) == Some(true)
         && !reg_changed;
     let mut cargo_changed = false;

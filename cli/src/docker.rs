@@ -20,6 +20,8 @@ use std::time::Duration;
 
 /// Where the `gefyra` binary is put inside containers (waiter and route helper).
 pub const IN_CONTAINER_BIN: &str = "/.gefyra/gefyra";
+/// Longest wait for an image pull.
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Where cargo-client's config file is put in the cargo container.
 pub const CARGO_CONFIG_PATH: &str = "/etc/gefyra/cargo.json";
 
@@ -245,7 +247,16 @@ pub async fn ensure_image(d: &Docker, image: &str) -> Result<bollard::models::Im
         .build();
     let mut s = d.create_image(Some(opts), None, None);
     let mut last = std::time::Instant::now();
-    while let Some(r) = s.next().await {
+    let deadline = tokio::time::Instant::now() + PULL_TIMEOUT;
+    loop {
+        let r = match tokio::time::timeout_at(deadline, s.next()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(_) => bail!(
+                "pulling {image} did not finish within {}s; check the registry or pull it yourself first",
+                PULL_TIMEOUT.as_secs()
+            ),
+        };
         match r {
             Ok(info) => {
                 if last.elapsed() > Duration::from_secs(5) {

@@ -35,6 +35,9 @@ pub struct ConnectionState {
     pub carrier_image: String,
     #[serde(default)]
     pub cargo_image: String,
+    /// Stowaway's public key the cargo config was written with.
+    #[serde(default)]
+    pub server_public_key: String,
 }
 
 pub fn config_root() -> Result<PathBuf> {
