@@ -109,7 +109,7 @@ async fn deployment_service_and_dns() {
             &client,
             n,
             "client",
-            &["wget", "-q", "-O", "-", "-T", "5", &url],
+            &["timeout", "8", "wget", "-q", "-O", "-", &url],
         )
         .await;
         assert!(
@@ -144,7 +144,15 @@ async fn deployment_service_and_dns() {
         &format!("smoke-plain-{}", suffix()),
         None,
         &image,
-        &["wget", "-q", "-O", "-", "-T", "5", &format!("http://{ip}/")],
+        &[
+            "timeout",
+            "8",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://{ip}/"),
+        ],
     );
     assert!(
         ok && out.contains("hello-from-pod"),
@@ -237,7 +245,9 @@ async fn udp_nodeport_and_devnet_isolation() {
         &[
             "sh",
             "-c",
-            &format!("wget -q -O - -T 5 http://{pip}:8080/ && wget -q -O - -T 5 http://{cip}/"),
+            &format!(
+                "timeout 8 wget -q -O - http://{pip}:8080/ && timeout 8 wget -q -O - http://{cip}/"
+            ),
         ],
     );
     assert!(
@@ -274,12 +284,12 @@ async fn udp_nodeport_and_devnet_isolation() {
         Some(&net.0),
         &image,
         &[
+            "timeout",
+            "4",
             "wget",
             "-q",
             "-O",
             "-",
-            "-T",
-            "3",
             &format!("http://{pip}:8080/"),
         ],
     );
@@ -311,12 +321,12 @@ async fn udp_nodeport_and_devnet_isolation() {
         Some(&net.0),
         &image,
         &[
+            "timeout",
+            "4",
             "wget",
             "-q",
             "-O",
             "-",
-            "-T",
-            "3",
             &format!("http://{cip}/"),
         ],
     );

@@ -185,7 +185,7 @@ fn build_tools_image(bed: &Bed) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     std::fs::write(
         dir.join("Dockerfile"),
-        "FROM busybox:1.36\nCOPY testbed-dns /bin/testbed-dns\n",
+        "FROM busybox:1.36\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY testbed-dns /bin/testbed-dns\n",
     )
     .map_err(|e| e.to_string())?;
     let image = format!("{}/gefyra-testbed-tools:{VERSION}", bed.registry);
