@@ -37,7 +37,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 IPERF=$((BASE)); ECHO=$((BASE + 1))
 iperf3 -s -B 127.0.0.1 -p "$IPERF" >/dev/null 2>&1 & PIDS+=($!)
@@ -52,11 +52,10 @@ wait_port() { # port
 }
 wait_port "$IPERF"; wait_port "$ECHO"
 
-tree_pids() { echo "$1"; for c in $(pgrep -P "$1" || true); do tree_pids "$c"; done; }
-pss_kb() { # root pid -> summed PSS of the process tree (kB)
-  local t=0 v
-  for p in $(tree_pids "$1"); do
-    v=$(awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+pss_kb() { # pid -> summed PSS (kB) of it and its children (nginx workers, socat forks)
+  local t=0 v p
+  for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    v=$(awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup" 2>/dev/null)
     t=$((t + ${v:-0}))
   done
   echo "$t"
@@ -81,7 +80,7 @@ start_proxy() { # name port_to_iperf port_to_echo
     haproxy)
       cat >"$WORK/haproxy.cfg" <<EOF
 global
-  maxconn 50000
+  maxconn 9000
   nbthread 2
 defaults
   mode tcp
@@ -106,10 +105,10 @@ EOF
       cat >"$WORK/nginx/nginx.conf" <<EOF
 load_module $NGX_STREAM;
 worker_processes 2;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile 20000;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
-events { worker_connections 20000; }
+events { worker_connections 9000; }
 stream {
   server { listen 127.0.0.1:$p1; proxy_pass 127.0.0.1:$IPERF; }
   server { listen 127.0.0.1:$p2; proxy_pass 127.0.0.1:$ECHO; tcp_nodelay on; }
