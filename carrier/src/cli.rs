@@ -162,11 +162,34 @@ pub fn invocation(pid: u32, pod_env: Option<&str>, argv0: Option<&OsString>) -> 
     }
 }
 
+/// In a Pod with `shareProcessNamespace: true` the container's process is not
+/// PID 1 (the pause container is). It is then recognised by its parent being
+/// outside the PID namespace (ppid 0, as for everything the runtime starts)
+/// while no carrier holds the control port in this network namespace yet; a
+/// later `kubectl exec` also has ppid 0 but finds the port taken.
+fn main_process_of_shared_pid_namespace() -> bool {
+    if std::os::unix::process::parent_id() != 0 {
+        return false;
+    }
+    let control = std::env::var(proto::ENV_CARRIER_CONTROL_ADDR)
+        .ok()
+        .and_then(|v| v.parse::<SocketAddr>().ok())
+        .unwrap_or(SocketAddr::from((
+            Ipv4Addr::UNSPECIFIED,
+            proto::CARRIER_CONTROL_PORT,
+        )));
+    std::net::TcpListener::bind(control).is_ok()
+}
+
 /// The whole program; main.rs only calls this.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let pod_env = std::env::var(proto::ENV_CARRIER_POD).ok();
-    match invocation(std::process::id(), pod_env.as_deref(), args.first()) {
+    let mut how = invocation(std::process::id(), pod_env.as_deref(), args.first());
+    if matches!(how, Invocation::Other(_)) && main_process_of_shared_pid_namespace() {
+        how = Invocation::Pod;
+    }
+    match how {
         Invocation::Env => print_env(&args[1..]),
         Invocation::Other(name) => {
             eprintln!(

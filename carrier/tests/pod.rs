@@ -49,19 +49,24 @@ struct Stowaway {
 
 impl Stowaway {
     fn start(specs: Vec<BridgeSpec>, control_port: u16) -> Stowaway {
+        Self::start_on(specs, control_port, STOWAWAY_IP)
+    }
+
+    /// With `ip` as stowaway's Pod IP (where carriers reach the route ports).
+    fn start_on(specs: Vec<BridgeSpec>, control_port: u16, ip: Ipv4Addr) -> Stowaway {
         let (bridges_tx, bridges_rx) = watch::channel(specs);
         let (status_tx, status_rx) = watch::channel(Vec::new());
         let (stop, stop_rx) = oneshot::channel::<()>();
         let opts = Options {
             control_port,
-            route_bind: STOWAWAY_IP,
+            route_bind: ip,
             ping_interval: Duration::from_secs(1),
             reply_timeout: Duration::from_secs(5),
             max_backoff: Duration::from_secs(2),
         };
         let task = tokio::spawn(bridge::run_with(
             bridges_rx,
-            STOWAWAY_IP,
+            ip,
             Loopback,
             status_tx,
             async {
@@ -306,12 +311,19 @@ async fn in_pod_mode_with_stowaway_restarts_and_live_changes() {
         || async { !works(pod_addr(r3), b"x", b"app1:x").await },
     )
     .await;
-    let st = Stowaway::start(specs, cp);
+    // The new stowaway Pod has a new IP: carrier keeps its listeners and
+    // forwards the next connections there.
+    let st = Stowaway::start_on(specs, cp, Ipv4Addr::new(127, 0, 0, 4));
     st.wait_ready("after the stowaway restart").await;
     wait_until(RECOVERY, "traffic after the stowaway restart", || {
         works(pod_addr(r3), b"s", b"app1:s")
     })
     .await;
+    let log = carrier2.log();
+    assert!(
+        log.contains("port updated") && log.contains("forward=127.0.0.4:"),
+        "{log}"
+    );
     assert_eq!(
         exchange(pod_addr(r2), PROBE).await.unwrap().get(..15),
         Some(&b"HTTP/1.1 200 OK"[..])
