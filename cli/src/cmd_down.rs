@@ -83,7 +83,11 @@ pub async fn down(g: &Global, a: DownArgs) -> Result<i32> {
     }
     if a.all {
         // anything else gefyra-labelled in Docker (e.g. a connection whose state is gone)
-        let filter = vec![format!("{}={}", proto::LABEL_APP, proto::APP_NAME)];
+        // only what the CLI creates carries a connection label (Pods' containers do not)
+        let filter = vec![
+            format!("{}={}", proto::LABEL_APP, proto::APP_NAME),
+            proto::LABEL_CONNECTION.to_string(),
+        ];
         for c in docker::list_labelled(&d, &filter).await? {
             if let Some(id) = c.id.as_deref() {
                 if docker::remove_container(&d, id).await? {

@@ -208,12 +208,37 @@ pub async fn ensure_network(
     Ok((subnet, true))
 }
 
+/// Removes a network; containers still attached (e.g. joined by hand) are disconnected first.
 pub async fn remove_network(d: &Docker, name: &str) -> Result<bool> {
+    match d.remove_network(name).await {
+        Ok(()) => return Ok(true),
+        Err(e) if is_not_found(&e) => return Ok(false),
+        Err(_) => {}
+    }
+    if let Ok(n) = d
+        .inspect_network(
+            name,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+    {
+        for id in n.containers.unwrap_or_default().into_keys() {
+            let _ = d
+                .disconnect_network(
+                    name,
+                    bollard::models::NetworkDisconnectRequest {
+                        container: id,
+                        force: Some(true),
+                    },
+                )
+                .await;
+        }
+    }
     match d.remove_network(name).await {
         Ok(()) => Ok(true),
         Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(anyhow!(
-            "cannot remove Docker network {name}: {}",
+            "cannot remove Docker network {name}: {}; remove the containers attached to it and retry",
             docker_message(&e)
         )),
     }
@@ -356,7 +381,7 @@ pub async fn remove_container(d: &Docker, name: &str) -> Result<bool> {
     }
 }
 
-/// Containers with the given labels (all states).
+/// Containers with the given labels (all states), kubelet-managed ones excluded.
 pub async fn list_labelled(
     d: &Docker,
     label_filters: &[String],
@@ -367,7 +392,20 @@ pub async fn list_labelled(
         .all(true)
         .filters(&filters)
         .build();
-    Ok(d.list_containers(Some(opts)).await?)
+    // never a kubelet's container (a cluster on this Docker copies Pod labels onto them)
+    Ok(d.list_containers(Some(opts))
+        .await?
+        .into_iter()
+        .filter(|c| !is_kubelet_container(c))
+        .collect())
+}
+
+/// Containers the kubelet (dockershim) created for Pods.
+pub fn is_kubelet_container(c: &bollard::models::ContainerSummary) -> bool {
+    c.labels
+        .as_ref()
+        .map(|l| l.keys().any(|k| k.starts_with("io.kubernetes.")))
+        .unwrap_or(false)
 }
 
 pub async fn list_labelled_networks(

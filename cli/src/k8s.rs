@@ -601,6 +601,52 @@ pub async fn delete_configmap(c: &Cluster, ns: &str, name: &str) -> Result<bool>
 /// Deletes the namespace and waits until it is gone.
 pub async fn uninstall(c: &Cluster, ns: &str, timeout: Duration) -> Result<bool> {
     let nss: Api<Namespace> = Api::all(c.client.clone());
+    if nss.get_opt(ns).await?.is_none() {
+        return Ok(false);
+    }
+    // Stop stowaway first and wait for its Pod to be gone: a namespace whose Pods are
+    // already gone is deleted in one pass of the namespace controller (otherwise it
+    // retries with a growing back-off, minutes on some clusters).
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), ns);
+    match deployments
+        .delete(proto::STOWAWAY_NAME, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(anyhow!(e)).context("cannot delete the stowaway Deployment"),
+    }
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
+    let _ = pods
+        .delete_collection(
+            &DeleteParams {
+                grace_period_seconds: Some(1),
+                ..DeleteParams::background()
+            },
+            &ListParams::default().labels(&stowaway_selector()),
+        )
+        .await;
+    ui::wait_for(
+        "stowaway to stop",
+        timeout,
+        Duration::from_millis(500),
+        || {
+            let pods = pods.clone();
+            async move {
+                let n = pods
+                    .list(&ListParams::default().labels(&stowaway_selector()))
+                    .await?
+                    .items
+                    .len();
+                Ok(if n == 0 {
+                    Wait::Done(())
+                } else {
+                    Wait::NotYet(format!("{n} Pod(s) terminating"))
+                })
+            }
+        },
+    )
+    .await?;
     match nss.delete(ns, &DeleteParams::foreground()).await {
         Ok(_) => {}
         Err(e) if is_not_found(&e) => return Ok(false),

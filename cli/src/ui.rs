@@ -43,8 +43,7 @@ where
         match attempt {
             Ok(Ok(Wait::Done(v))) => {
                 info(format!(
-                    "{} ready after {:.1}s",
-                    capitalize(what),
+                    "Done waiting for {what} ({:.1}s)",
                     start.elapsed().as_secs_f32()
                 ));
                 return Ok(v);
@@ -77,14 +76,6 @@ where
             ));
         }
         tokio::time::sleep(every.min(timeout.saturating_sub(start.elapsed()))).await;
-    }
-}
-
-fn capitalize(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
-        None => String::new(),
     }
 }
 

@@ -313,7 +313,15 @@ pub async fn docker_leftovers(d: &bollard::Docker) -> Vec<String> {
         .await
         .unwrap();
     for c in cs {
-        left.push(format!("container {:?}", c.names));
+        // a Pod's containers (the bed's kubelet runs on this Docker) carry the Pod's labels
+        let kubelet = c
+            .labels
+            .as_ref()
+            .map(|l| l.keys().any(|k| k.starts_with("io.kubernetes.")))
+            .unwrap_or(false);
+        if !kubelet {
+            left.push(format!("container {:?}", c.names));
+        }
     }
     let ns = d
         .list_networks(Some(
