@@ -116,6 +116,8 @@ struct Liveness {
     probe_sent: Option<Instant>,
     last_forced: Option<Instant>,
     seq: u16,
+    rx_errors: u64,
+    tun_errors: u64,
 }
 
 /// The data path: one owner of the WireGuard session.
@@ -140,6 +142,8 @@ async fn run_tunnel(
         probe_sent: None,
         last_forced: None,
         seq: 0,
+        rx_errors: 0,
+        tun_errors: 0,
     };
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,31 +171,43 @@ async fn run_tunnel(
                     }
                 };
                 // batch: drain what is already queued
-                for _ in 0..64 {
+                for i in 0..64 {
                     let Some(len) = n else { break };
                     let ok = peer.decapsulate(SocketAddr::V4(endpoint), &udp_buf[..len], &mut out_buf, |o| match o {
                         Out::Network(p) => to_net.push(p.to_vec()),
                         Out::Tunnel(p) => to_tun.push(p.to_vec()),
                     });
-                    if ok.is_ok() {
-                        live.last_rx = Some(Instant::now());
+                    match ok {
+                        Ok(()) => live.last_rx = Some(Instant::now()),
+                        Err(e) => {
+                            live.rx_errors += 1;
+                            tracing::debug!(error = %e, "datagram rejected");
+                        }
                     }
                     for mut p in to_tun.drain(..) {
                         if is_probe_reply(&p, cfg.tunnel_ip, stowaway_ip, probe_id) {
                             continue;
                         }
                         packet::clamp_mss(&mut p, max_mss);
-                        let _ = tun.send(&p).await;
+                        if let Err(e) = tun.send(&p).await {
+                            live.tun_errors += 1;
+                            if live.tun_errors < 5 {
+                                tracing::warn!(error = %e, len = p.len(), "TUN write failed");
+                            }
+                        }
                     }
                     for d in to_net.drain(..) {
                         let _ = udp.send(&d).await;
+                    }
+                    if i == 63 {
+                        break;
                     }
                     n = udp.try_recv(&mut udp_buf).ok();
                 }
             }
             r = tun.recv(&mut tun_buf) => {
                 let mut n = r.ok();
-                for _ in 0..64 {
+                for i in 0..64 {
                     let Some(len) = n else { break };
                     let p = &mut tun_buf[..len];
                     if packet::ipv4(p).is_some() {
@@ -200,6 +216,9 @@ async fn run_tunnel(
                             let _ = udp.send(d).await;
                         }
                         live.last_data_tx = Some(Instant::now());
+                    }
+                    if i == 63 {
+                        break;
                     }
                     n = tun.try_recv(&mut tun_buf).ok();
                 }
@@ -324,6 +343,7 @@ fn status_of(peer: &WgPeer, live: &Liveness, cfg: &CargoConfig, now: Instant, ke
         fresh: hs.is_some_and(|d| d.as_secs() < proto::HANDSHAKE_FRESH_SECS) && rx_recent,
         rx_bytes: rx,
         tx_bytes: tx,
+        rx_errors: live.rx_errors,
     }
 }
 

@@ -80,4 +80,6 @@ pub struct CargoStatus {
     pub fresh: bool,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Datagrams from the endpoint that WireGuard rejected (stale session, replay, garbage).
+    pub rx_errors: u64,
 }

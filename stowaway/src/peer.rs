@@ -524,7 +524,9 @@ impl Peer {
             match self.wg.encapsulate(&p, &mut self.buf) {
                 Ok(Some(d)) => {
                     if let Some(ep) = ep {
-                        let _ = self.udp.send_to(d, ep).await;
+                        if let Err(e) = self.udp.send_to(d, ep).await {
+                            tracing::debug!(error = %e, "udp send");
+                        }
                     }
                 }
                 Ok(None) => {}
