@@ -167,6 +167,13 @@ async fn one_gib_each_way_buffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_short_connections() {
+    // This process holds 2,000 sockets (clients and backend): lift a low soft limit.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < 4096 && hard > soft {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard);
+        }
+    }
     let (backend, count) = echo_server("127.0.0.1", "").await;
     let listen = lo(free_port("127.0.0.1"));
     let mut p = forwarder(&[(listen, backend.to_string())], &[]).await;
