@@ -10,7 +10,7 @@ pub fn create_tun(name: &str, ip: Ipv4Addr, mtu: u16) -> std::io::Result<tun_rs:
         .name(name)
         .mtu(mtu)
         .ipv4(ip, proto::TUNNEL_PREFIX, None)
-        .tx_queue_len(1000)
+        .tx_queue_len(5000)
         .enable(true)
         .build_async()
 }
