@@ -37,13 +37,19 @@ pub enum Error {
     #[error("endpoint {0:?}: expected IPv4:port")]
     Endpoint(String),
     #[error("TUN device {name}: {source}")]
-    Tun { name: String, source: std::io::Error },
+    Tun {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("routes: {0}")]
     Routes(String),
     #[error("udp: {0}")]
     Udp(std::io::Error),
     #[error("status file {path}: {source}")]
-    Status { path: String, source: std::io::Error },
+    Status {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("status file {path}: {msg}")]
     StatusParse { path: String, msg: String },
 }
@@ -75,7 +81,8 @@ pub fn parse_endpoint(s: &str) -> Result<SocketAddrV4, Error> {
 
 /// Reads a JSON or YAML config file.
 pub fn load_config(path: &Path) -> Result<CargoConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let r = if text.trim_start().starts_with('{') {
         serde_json::from_str(&text).map_err(|e| e.to_string())
     } else {
@@ -85,12 +92,17 @@ pub fn load_config(path: &Path) -> Result<CargoConfig, String> {
 }
 
 /// Creates the TUN device, routes, then runs the tunnel until `shutdown`.
-pub async fn run(cfg: CargoConfig, opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    cfg: CargoConfig,
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let endpoint = parse_endpoint(&cfg.endpoint)?;
-    let tun = net::create_tun(&cfg.tun_name, cfg.tunnel_ip, cfg.mtu).map_err(|source| Error::Tun {
-        name: cfg.tun_name.clone(),
-        source,
-    })?;
+    let tun =
+        net::create_tun(&cfg.tun_name, cfg.tunnel_ip, cfg.mtu).map_err(|source| Error::Tun {
+            name: cfg.tun_name.clone(),
+            source,
+        })?;
     net::enable_forwarding();
     if opts.routes {
         net::add_routes(&cfg.tun_name, *endpoint.ip())
@@ -100,7 +112,9 @@ pub async fn run(cfg: CargoConfig, opts: Options, shutdown: impl Future<Output =
     let udp = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0)))
         .await
         .map_err(Error::Udp)?;
-    udp.connect(SocketAddr::V4(endpoint)).await.map_err(Error::Udp)?;
+    udp.connect(SocketAddr::V4(endpoint))
+        .await
+        .map_err(Error::Udp)?;
     {
         let s = socket2::SockRef::from(&udp);
         let _ = s.set_recv_buffer_size(8 << 20);
@@ -130,7 +144,13 @@ async fn run_tunnel(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let keys = StaticKeys::from_private(cfg.private_key.0);
-    let mut peer = WgPeer::new(&keys, cfg.peer_public_key.0, 1, None, Some(SocketAddr::V4(endpoint)));
+    let mut peer = WgPeer::new(
+        &keys,
+        cfg.peer_public_key.0,
+        1,
+        None,
+        Some(SocketAddr::V4(endpoint)),
+    );
     let max_mss = packet::mss_for_mtu(cfg.mtu);
     let keepalive = Duration::from_secs(u64::from(cfg.keepalive_secs.max(1)));
     let mut udp_buf = vec![0u8; wg::BUF_SIZE];
@@ -320,7 +340,9 @@ fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
 }
 
 fn is_probe_reply(p: &[u8], own: Ipv4Addr, stowaway: Ipv4Addr, id: u16) -> bool {
-    let Some(ip) = packet::ipv4(p) else { return false };
+    let Some(ip) = packet::ipv4(p) else {
+        return false;
+    };
     ip.proto == packet::PROTO_ICMP
         && ip.src == stowaway
         && ip.dst == own
@@ -329,7 +351,13 @@ fn is_probe_reply(p: &[u8], own: Ipv4Addr, stowaway: Ipv4Addr, id: u16) -> bool 
         && p[ip.ihl + 4..ip.ihl + 6] == id.to_be_bytes()
 }
 
-fn status_of(peer: &WgPeer, live: &Liveness, cfg: &CargoConfig, now: Instant, keepalive: Duration) -> CargoStatus {
+fn status_of(
+    peer: &WgPeer,
+    live: &Liveness,
+    cfg: &CargoConfig,
+    now: Instant,
+    keepalive: Duration,
+) -> CargoStatus {
     let hs = peer.time_since_handshake();
     let rx_recent = live
         .last_rx

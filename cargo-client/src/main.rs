@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cargo-client", version, about = "gefyra's WireGuard client (TUN + userspace WireGuard)")]
+#[command(
+    name = "cargo-client",
+    version,
+    about = "gefyra's WireGuard client (TUN + userspace WireGuard)"
+)]
 struct Args {
     /// Config file (JSON or YAML, proto::config::CargoConfig).
     #[arg(long, env = "GEFYRA_CARGO_CONFIG")]
@@ -36,7 +40,10 @@ fn main() {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env(proto::ENV_LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let Some(path) = &args.config else {
         eprintln!("cargo-client: pass --config FILE");
         std::process::exit(proto::EXIT_CONFIG);
@@ -56,7 +63,10 @@ fn main() {
         status_file: args.status_file.clone(),
         routes: !args.no_routes,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cargo-client: cannot start the runtime: {e}");
@@ -97,7 +107,11 @@ fn status(path: &std::path::Path, output: &str) -> i32 {
         }
         Err(e) => {
             if output == "json" {
-                println!("{}", serde_json::to_string_pretty(&proto::status::CargoStatus::default()).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&proto::status::CargoStatus::default())
+                        .unwrap_or_default()
+                );
             }
             eprintln!("cargo-client: {e} (is the tunnel running?)");
             1

@@ -19,7 +19,10 @@ pub fn create_tun(name: &str, ip: Ipv4Addr, mtu: u16) -> std::io::Result<tun_rs:
 /// `--sysctl net.ipv4.ip_forward=1` must have done it).
 pub fn enable_forwarding() {
     let p = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(p).map(|v| v.trim() == "1").unwrap_or(false) {
+    if std::fs::read_to_string(p)
+        .map(|v| v.trim() == "1")
+        .unwrap_or(false)
+    {
         return;
     }
     if let Err(e) = std::fs::write(p, "1") {
@@ -52,7 +55,9 @@ pub fn current_route(dst: Ipv4Addr) -> Option<(String, Option<Ipv4Addr>)> {
         }
         let better = match &best {
             None => true,
-            Some((m, met, _, _)) => mask.count_ones() > m.count_ones() || (mask == *m && metric < *met),
+            Some((m, met, _, _)) => {
+                mask.count_ones() > m.count_ones() || (mask == *m && metric < *met)
+            }
         };
         if better {
             best = Some((mask, metric, f[0].to_string(), gw));
@@ -96,7 +101,10 @@ pub async fn add_routes(tun: &str, endpoint: Ipv4Addr) -> Result<(), String> {
                 ))
             }
         }
-        for (net, prefix) in [(Ipv4Addr::new(0, 0, 0, 0), 1u8), (Ipv4Addr::new(128, 0, 0, 0), 1u8)] {
+        for (net, prefix) in [
+            (Ipv4Addr::new(0, 0, 0, 0), 1u8),
+            (Ipv4Addr::new(128, 0, 0, 0), 1u8),
+        ] {
             let msg = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(net, prefix)
                 .output_interface(tun_idx)
@@ -111,7 +119,11 @@ pub async fn add_routes(tun: &str, endpoint: Ipv4Addr) -> Result<(), String> {
     result
 }
 
-async fn add(handle: &rtnetlink::Handle, msg: rtnetlink::packet_route::route::RouteMessage, what: &str) -> Result<(), String> {
+async fn add(
+    handle: &rtnetlink::Handle,
+    msg: rtnetlink::packet_route::route::RouteMessage,
+    what: &str,
+) -> Result<(), String> {
     match handle.route().add(msg).replace().execute().await {
         Ok(()) => {
             tracing::info!(route = what, "route added");

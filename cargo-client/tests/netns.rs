@@ -6,7 +6,8 @@ use std::process::Command;
 
 #[test]
 fn status_without_a_daemon_is_not_connected() {
-    let missing = std::env::temp_dir().join(format!("no-such-cargo-status-{}.json", std::process::id()));
+    let missing =
+        std::env::temp_dir().join(format!("no-such-cargo-status-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_cargo-client"))
         .args(["status", "-o", "json", "--status-file"])
         .arg(&missing)

@@ -39,7 +39,9 @@ impl TunnelDialer {
                 if r.tunnel_ip == ip {
                     Some((32u8, r))
                 } else {
-                    r.subnet.filter(|n| n.contains(&ip)).map(|n| (n.prefix_len(), r))
+                    r.subnet
+                        .filter(|n| n.contains(&ip))
+                        .map(|n| (n.prefix_len(), r))
                 }
             })
             .max_by_key(|(p, _)| *p)

@@ -84,7 +84,12 @@ pub fn spawn_tcp_dial(
 }
 
 /// Splices an already open stream (bridged flows: the other end went to the bridge module).
-pub fn spawn_stream<S>(id: FlowId, stream: S, events_tx: mpsc::Sender<Event>, wake: Arc<Notify>) -> TcpLink
+pub fn spawn_stream<S>(
+    id: FlowId,
+    stream: S,
+    events_tx: mpsc::Sender<Event>,
+    wake: Arc<Notify>,
+) -> TcpLink
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -186,14 +191,11 @@ pub fn spawn_udp(
                     Some(d) => { let _ = sock.send(&d).await; }
                     None => return,
                 },
-                r = sock.recv(&mut buf) => match r {
-                    Ok(n) => {
-                        if events_tx.send(Event::UdpReply(id, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                            return;
-                        }
+                // (ICMP errors such as port unreachable surface as Err: keep the flow)
+                r = sock.recv(&mut buf) => if let Ok(n) = r {
+                    if events_tx.send(Event::UdpReply(id, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        return;
                     }
-                    // ICMP errors (port unreachable) surface here: keep the flow
-                    Err(_) => {}
                 },
                 _ = tokio::time::sleep(idle) => {
                     let _ = events_tx.send(Event::UdpClosed(id)).await;

@@ -36,9 +36,17 @@ fn handle(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok")),
         (&Method::GET, "/status") => match serde_json::to_vec(&shared.status()) {
             Ok(v) => (StatusCode::OK, "application/json", Bytes::from(v)),
-            Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain", Bytes::from_static(b"error")),
+            Err(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                Bytes::from_static(b"error"),
+            ),
         },
-        _ => (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found")),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found"),
+        ),
     };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;

@@ -49,7 +49,10 @@ impl Settings {
             Some(a) => a,
             None => match std::env::var(proto::ENV_DNS_UPSTREAM) {
                 Ok(v) if !v.is_empty() => parse_upstream(&v).ok_or_else(|| {
-                    ConfigError::Invalid(format!("{}: not an IP or IP:port: {v}", proto::ENV_DNS_UPSTREAM))
+                    ConfigError::Invalid(format!(
+                        "{}: not an IP or IP:port: {v}",
+                        proto::ENV_DNS_UPSTREAM
+                    ))
                 })?,
                 _ => resolv_conf_upstream(Path::new("/etc/resolv.conf"))
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 53], 53))),
@@ -65,7 +68,10 @@ impl Settings {
             },
         };
         if cfg.mtu < 576 {
-            return Err(ConfigError::Invalid(format!("mtu: {} is below 576", cfg.mtu)));
+            return Err(ConfigError::Invalid(format!(
+                "mtu: {} is below 576",
+                cfg.mtu
+            )));
         }
         Ok(Settings {
             private_key: cfg.private_key.0,
@@ -80,9 +86,11 @@ impl Settings {
 
 fn parse_upstream(s: &str) -> Option<SocketAddr> {
     let s = s.trim();
-    s.parse::<SocketAddr>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
 }
 
 /// The first IPv4 `nameserver` of a resolv.conf.
@@ -187,7 +195,11 @@ impl Shared {
                             name: cfg.name.clone(),
                             public_key: cfg.public_key.to_base64(),
                             tunnel_ip: Some(cfg.tunnel_ip),
-                            endpoint: st.endpoint.lock().ok().and_then(|e| e.map(|e| e.to_string())),
+                            endpoint: st
+                                .endpoint
+                                .lock()
+                                .ok()
+                                .and_then(|e| e.map(|e| e.to_string())),
                             last_handshake_secs: (hs > 0).then(|| now_ms.saturating_sub(hs) / 1000),
                             rx_bytes: st.rx_bytes.load(Relaxed),
                             tx_bytes: st.tx_bytes.load(Relaxed),
@@ -411,7 +423,7 @@ impl Registry {
                 ctl_tx: e.ctl_tx.clone(),
             });
         }
-        list.sort_by(|a, b| a.0.tunnel_ip.cmp(&b.0.tunnel_ip));
+        list.sort_by_key(|a| a.0.tunnel_ip);
         let _ = self.routes_tx.send(Arc::new(routes));
         if let Ok(mut p) = self.shared.peers.lock() {
             *p = list;
@@ -426,7 +438,10 @@ fn set_buffers(udp: &UdpSocket) {
 }
 
 /// Binds the sockets of a config.
-pub async fn bind(settings_listen: SocketAddr, health: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+pub async fn bind(
+    settings_listen: SocketAddr,
+    health: SocketAddr,
+) -> std::io::Result<(UdpSocket, TcpListener)> {
     let udp = UdpSocket::bind(settings_listen).await?;
     let tcp = TcpListener::bind(health).await?;
     Ok((udp, tcp))

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "stowaway", version, about = "gefyra's in-cluster userspace WireGuard endpoint")]
+#[command(
+    name = "stowaway",
+    version,
+    about = "gefyra's in-cluster userspace WireGuard endpoint"
+)]
 struct Args {
     /// Config file (JSON or YAML). Optional in cluster mode (GEFYRA_NAMESPACE set).
     #[arg(long, env = proto::ENV_STOWAWAY_CONFIG)]
@@ -16,9 +20,14 @@ struct Args {
 fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_env(proto::ENV_LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
-    let namespace = std::env::var(proto::ENV_STOWAWAY_NAMESPACE).ok().filter(|s| !s.is_empty());
+    let namespace = std::env::var(proto::ENV_STOWAWAY_NAMESPACE)
+        .ok()
+        .filter(|s| !s.is_empty());
     let config = match load(&args, namespace.is_some()) {
         Ok(c) => c,
         Err(e) => {
@@ -102,7 +111,15 @@ async fn serve(
             std::future::pending::<()>().await;
         });
     }
-    stowaway::run(settings, udp, health, peers_rx, bridges_rx, shutdown_signal()).await?;
+    stowaway::run(
+        settings,
+        udp,
+        health,
+        peers_rx,
+        bridges_rx,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -240,7 +240,12 @@ impl Peer {
                     }
                 }
                 tracing::debug!(flow = id, src = %tuple.remote, dst = %dst, "tcp flow");
-                let link = flow::spawn_tcp_dial(id, SocketAddr::V4(dst), self.events_tx.clone(), self.wake.clone());
+                let link = flow::spawn_tcp_dial(
+                    id,
+                    SocketAddr::V4(dst),
+                    self.events_tx.clone(),
+                    self.wake.clone(),
+                );
                 self.tcp.insert(
                     id,
                     TcpFlow {
@@ -372,7 +377,10 @@ impl Peer {
                     }
                 }
                 let Some(local) = local else {
-                    let _ = reply.send(Err(io::Error::new(io::ErrorKind::AddrInUse, "no free port")));
+                    let _ = reply.send(Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "no free port",
+                    )));
                     return;
                 };
                 match self.stack.tcp_connect(local, dst) {
@@ -422,12 +430,18 @@ impl Peer {
                         let (a, b) = tokio::io::duplex(256 * 1024);
                         if let Some(r) = reply.take() {
                             if r.send(Ok(Box::new(a))).is_ok() {
-                                f.link = Some(flow::spawn_stream(*id, b, self.events_tx.clone(), self.wake.clone()));
+                                f.link = Some(flow::spawn_stream(
+                                    *id,
+                                    b,
+                                    self.events_tx.clone(),
+                                    self.wake.clone(),
+                                ));
                             } else {
                                 s.abort();
                             }
                         }
-                    } else if state == TcpState::Closed || started.elapsed() > flow::CONNECT_TIMEOUT {
+                    } else if state == TcpState::Closed || started.elapsed() > flow::CONNECT_TIMEOUT
+                    {
                         if let Some(r) = reply.take() {
                             let _ = r.send(Err(io::Error::new(
                                 io::ErrorKind::ConnectionRefused,
@@ -484,7 +498,12 @@ impl Peer {
                             }
                         }
                     }
-                    if !s.may_recv() && !s.can_recv() && l.to_kernel_tx.is_some() && state != TcpState::SynReceived && state != TcpState::Listen {
+                    if !s.may_recv()
+                        && !s.can_recv()
+                        && l.to_kernel_tx.is_some()
+                        && state != TcpState::SynReceived
+                        && state != TcpState::Listen
+                    {
                         // the peer sent FIN (or the connection is gone): FIN to the kernel side
                         l.to_kernel_tx = None;
                         f.peer_fin = true;

@@ -84,25 +84,86 @@ impl Bed {
         }
         let (dev, local, cluster) = (bed.name("dev"), bed.name("local"), bed.name("cluster"));
         // veths created directly inside their namespaces (no name clash in the root namespace)
-        run("ip", &["link", "add", "d0", "netns", &dev, "type", "veth", "peer", "name", "l0", "netns", &local]);
-        run("ip", &["link", "add", "l1", "netns", &local, "type", "veth", "peer", "name", "c1", "netns", &cluster]);
+        run(
+            "ip",
+            &[
+                "link", "add", "d0", "netns", &dev, "type", "veth", "peer", "name", "l0", "netns",
+                &local,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "link", "add", "l1", "netns", &local, "type", "veth", "peer", "name", "c1",
+                "netns", &cluster,
+            ],
+        );
         // dev: only the service and tunnel subnets, via local
-        bed.ip("dev", &["addr", "add", &format!("{DEV_IP}/24"), "dev", "d0"]);
+        bed.ip(
+            "dev",
+            &["addr", "add", &format!("{DEV_IP}/24"), "dev", "d0"],
+        );
         bed.ip("dev", &["link", "set", "d0", "up"]);
-        bed.ip("dev", &["route", "add", "10.77.9.0/24", "via", &LOCAL_DEV_SIDE.to_string()]);
-        bed.ip("dev", &["route", "add", "192.168.99.0/24", "via", &LOCAL_DEV_SIDE.to_string()]);
+        bed.ip(
+            "dev",
+            &[
+                "route",
+                "add",
+                "10.77.9.0/24",
+                "via",
+                &LOCAL_DEV_SIDE.to_string(),
+            ],
+        );
+        bed.ip(
+            "dev",
+            &[
+                "route",
+                "add",
+                "192.168.99.0/24",
+                "via",
+                &LOCAL_DEV_SIDE.to_string(),
+            ],
+        );
         // local: the dev network, and only a /32 to stowaway's endpoint
-        bed.ip("local", &["addr", "add", &format!("{LOCAL_DEV_SIDE}/24"), "dev", "l0"]);
+        bed.ip(
+            "local",
+            &["addr", "add", &format!("{LOCAL_DEV_SIDE}/24"), "dev", "l0"],
+        );
         bed.ip("local", &["link", "set", "l0", "up"]);
-        bed.ip("local", &["addr", "add", &format!("{LOCAL_UP}/32"), "dev", "l1"]);
+        bed.ip(
+            "local",
+            &["addr", "add", &format!("{LOCAL_UP}/32"), "dev", "l1"],
+        );
         bed.ip("local", &["link", "set", "l1", "up"]);
-        bed.ip("local", &["route", "add", &format!("{STOWAWAY_IP}/32"), "dev", "l1"]);
-        run("ip", &["netns", "exec", &local, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        bed.ip(
+            "local",
+            &["route", "add", &format!("{STOWAWAY_IP}/32"), "dev", "l1"],
+        );
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &local,
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv4/ip_forward",
+            ],
+        );
         // cluster: stowaway's address, the service address on lo, a /32 back to local
-        bed.ip("cluster", &["addr", "add", &format!("{STOWAWAY_IP}/32"), "dev", "c1"]);
+        bed.ip(
+            "cluster",
+            &["addr", "add", &format!("{STOWAWAY_IP}/32"), "dev", "c1"],
+        );
         bed.ip("cluster", &["link", "set", "c1", "up"]);
-        bed.ip("cluster", &["route", "add", &format!("{LOCAL_UP}/32"), "dev", "c1"]);
-        bed.ip("cluster", &["addr", "add", &format!("{SERVICE_IP}/32"), "dev", "lo"]);
+        bed.ip(
+            "cluster",
+            &["route", "add", &format!("{LOCAL_UP}/32"), "dev", "c1"],
+        );
+        bed.ip(
+            "cluster",
+            &["addr", "add", &format!("{SERVICE_IP}/32"), "dev", "lo"],
+        );
         let _ = cluster;
         bed
     }
@@ -115,7 +176,14 @@ impl Bed {
     }
 
     /// Starts `bin args` inside namespace `role`; stderr goes to `<dir>/<label>.log`.
-    fn spawn(&self, role: &str, label: &str, bin: &Path, args: &[&str], env: &[(&str, &str)]) -> u32 {
+    fn spawn(
+        &self,
+        role: &str,
+        label: &str,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> u32 {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -133,7 +201,10 @@ impl Bed {
         }
         let child = cmd.spawn().expect("spawn child");
         let pid = child.id();
-        self.children.lock().unwrap().push((label.to_string(), child));
+        self.children
+            .lock()
+            .unwrap()
+            .push((label.to_string(), child));
         pid
     }
 
@@ -192,7 +263,10 @@ impl Drop for Bed {
 }
 
 /// Runs `f` on a thread that has entered namespace `ns` (only that thread moves).
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
     let path = format!("/var/run/netns/{ns}");
     thread::spawn(move || {
         let fd = fs::File::open(&path).expect("open netns");
@@ -290,7 +364,10 @@ fn tcp_server(listener: TcpListener, seen: Arc<Mutex<Vec<SocketAddr>>>) {
 }
 
 fn connect(timeout: Duration) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(SERVICE_IP, TCP_PORT)), timeout)?;
+    let s = TcpStream::connect_timeout(
+        &SocketAddr::V4(SocketAddrV4::new(SERVICE_IP, TCP_PORT)),
+        timeout,
+    )?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.set_write_timeout(Some(Duration::from_secs(30)))?;
     Ok(s)
@@ -331,7 +408,10 @@ fn download(len: u64, expect: u64, timeout: Duration) -> std::io::Result<(bool, 
     while got < len {
         let n = s.read(&mut buf)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short download"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "short download",
+            ));
         }
         h.update(&buf[..n]);
         got += n as u64;
@@ -406,7 +486,10 @@ fn ping(dst: Ipv4Addr, timeout: Duration) -> bool {
     req[4..6].copy_from_slice(&id.to_be_bytes());
     req[6..8].copy_from_slice(&1u16.to_be_bytes());
     req[8..16].copy_from_slice(b"gefyra!!");
-    let mut sum: u32 = req.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    let mut sum: u32 = req
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -417,11 +500,17 @@ fn ping(dst: Ipv4Addr, timeout: Duration) -> bool {
         let until = Instant::now() + Duration::from_millis(700);
         while Instant::now() < until {
             let mut b = [0u8; 1500];
-            let Ok((n, _)) = s.recv_from(&mut b) else { continue };
+            let Ok((n, _)) = s.recv_from(&mut b) else {
+                continue;
+            };
             // IP header + ICMP echo reply with our id, from dst
             if n >= 28 {
                 let ihl = usize::from(b[0] & 0xf) * 4;
-                if n >= ihl + 8 && b[ihl] == 0 && b[ihl + 4..ihl + 6] == id.to_be_bytes() && b[12..16] == dst.octets() {
+                if n >= ihl + 8
+                    && b[ihl] == 0
+                    && b[ihl + 4..ihl + 6] == id.to_be_bytes()
+                    && b[12..16] == dst.octets()
+                {
                     return true;
                 }
             }
@@ -432,9 +521,14 @@ fn ping(dst: Ipv4Addr, timeout: Duration) -> bool {
 
 fn http_get(ns: &str, path: &'static str) -> Option<String> {
     in_ns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], 8090)), Duration::from_secs(2)).ok()?;
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], 8090)),
+            Duration::from_secs(2),
+        )
+        .ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
@@ -461,7 +555,10 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
 
 #[test]
 fn tunnel_across_namespaces() {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (network namespaces)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces)"
+    );
     let bed = Bed::new();
     let cluster = bed.name("cluster");
     let dev = bed.name("dev");
@@ -499,8 +596,13 @@ fn tunnel_across_namespaces() {
     );
 
     // keys and configs
-    let server_priv: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(7).wrapping_add(std::process::id() as u8));
-    let client_priv: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(13).wrapping_add(99));
+    let server_priv: [u8; 32] = std::array::from_fn(|i| {
+        (i as u8)
+            .wrapping_mul(7)
+            .wrapping_add(std::process::id() as u8)
+    });
+    let client_priv: [u8; 32] =
+        std::array::from_fn(|i| (i as u8).wrapping_mul(13).wrapping_add(99));
     let key = |k: [u8; 32]| proto::keys::Key(k).to_base64();
     let server_pub = tunnel::wg::public_key_of(server_priv);
     let client_pub = tunnel::wg::public_key_of(client_priv);
@@ -536,7 +638,13 @@ fn tunnel_across_namespaces() {
     let status_file = bed.dir.join("cargo-status.json");
     let cfg_arg = stowaway_cfg.display().to_string();
     let log_env = [("GEFYRA_LOG", "info")];
-    bed.spawn("cluster", "stowaway", &stowaway_bin(), &["--config", &cfg_arg], &log_env);
+    bed.spawn(
+        "cluster",
+        "stowaway",
+        &stowaway_bin(),
+        &["--config", &cfg_arg],
+        &log_env,
+    );
     wait_for("stowaway /healthz", 10, || {
         http_get(&cluster, "/healthz").as_deref() == Some("ok")
     });
@@ -574,7 +682,11 @@ fn tunnel_across_namespaces() {
     eprintln!("upload 256 MiB: {:.2} s = {:.0} MiB/s", secs, 256.0 / secs);
     let (ok, secs) = down.expect("download through the tunnel");
     assert!(ok, "download checksum mismatch");
-    eprintln!("download 256 MiB: {:.2} s = {:.0} MiB/s", secs, 256.0 / secs);
+    eprintln!(
+        "download 256 MiB: {:.2} s = {:.0} MiB/s",
+        secs,
+        256.0 / secs
+    );
 
     // 4 concurrent streams, both directions, all finish
     const PAR: u64 = 32 << 20;
@@ -600,19 +712,24 @@ fn tunnel_across_namespaces() {
     // UDP echo, DNS, ping
     let (echo, dns, pinged) = in_ns(&dev, move || {
         let u = UdpSocket::bind((DEV_IP, 0)).unwrap();
-        u.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(1000)))
+            .unwrap();
         let mut echo = false;
         let mut buf = [0u8; 2048];
         for _ in 0..5 {
             let _ = u.send_to(b"gefyra-udp-echo", (SERVICE_IP, UDP_PORT));
             if let Ok((n, from)) = u.recv_from(&mut buf) {
-                echo = &buf[..n] == b"gefyra-udp-echo" && from == SocketAddr::from((SERVICE_IP, UDP_PORT));
+                echo = &buf[..n] == b"gefyra-udp-echo"
+                    && from == SocketAddr::from((SERVICE_IP, UDP_PORT));
                 break;
             }
         }
         let mut dns = None;
         for i in 0..5 {
-            let _ = u.send_to(&dns_query("test.gefyra.local", 0x4242 + i), (proto::STOWAWAY_TUNNEL_IP, 53));
+            let _ = u.send_to(
+                &dns_query("test.gefyra.local", 0x4242 + i),
+                (proto::STOWAWAY_TUNNEL_IP, 53),
+            );
             if let Ok((n, _)) = u.recv_from(&mut buf) {
                 dns = dns_first_a(&buf[..n]);
                 break;
@@ -631,11 +748,23 @@ fn tunnel_across_namespaces() {
     thread::sleep(Duration::from_millis(600)); // peer counters are published every 250 ms
     let st = status(&bed).expect("stowaway /status");
     let peer = st.peers.first().expect("one peer in status");
-    assert!(peer.rx_bytes >= BIG + 2 * PAR, "stowaway received {} B", peer.rx_bytes);
-    assert!(peer.tx_bytes >= BIG + 2 * PAR, "stowaway sent {} B", peer.tx_bytes);
+    assert!(
+        peer.rx_bytes >= BIG + 2 * PAR,
+        "stowaway received {} B",
+        peer.rx_bytes
+    );
+    assert!(
+        peer.tx_bytes >= BIG + 2 * PAR,
+        "stowaway sent {} B",
+        peer.tx_bytes
+    );
     assert!(peer.last_handshake_secs.is_some());
     assert!(st.counters.tcp_flows_total >= 6, "{:?}", st.counters);
-    assert!(st.counters.dns_queries >= 1 && st.counters.icmp_echo >= 1, "{:?}", st.counters);
+    assert!(
+        st.counters.dns_queries >= 1 && st.counters.icmp_echo >= 1,
+        "{:?}",
+        st.counters
+    );
     {
         let seen = seen.lock().unwrap();
         assert!(seen.len() >= 6, "server saw {} connections", seen.len());
@@ -649,7 +778,8 @@ fn tunnel_across_namespaces() {
     let bad_before = st.counters.bad_packets;
     let answered = in_ns(&bed.name("local"), move || {
         let u = UdpSocket::bind((LOCAL_UP, 0)).unwrap();
-        u.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         for n in [0usize, 1, 4, 32, 148, 1000] {
             let mut junk = vec![0x5au8; n];
             if n >= 4 {
@@ -664,18 +794,30 @@ fn tunnel_across_namespaces() {
     .unwrap();
     assert!(!answered, "stowaway answered garbage");
     let st = status(&bed).expect("stowaway /status");
-    assert!(st.counters.bad_packets >= bad_before + 5, "bad packets counted: {:?}", st.counters);
+    assert!(
+        st.counters.bad_packets >= bad_before + 5,
+        "bad packets counted: {:?}",
+        st.counters
+    );
 
     // restart stowaway (same key): the path recovers without touching cargo-client
     bed.kill("stowaway");
     thread::sleep(Duration::from_millis(500));
-    bed.spawn("cluster", "stowaway", &stowaway_bin(), &["--config", &cfg_arg], &log_env);
+    bed.spawn(
+        "cluster",
+        "stowaway",
+        &stowaway_bin(),
+        &["--config", &cfg_arg],
+        &log_env,
+    );
     let t = Instant::now();
     let recovered = in_ns(&dev, move || {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(30) {
             if let Ok((true, _)) = upload(1 << 20, Duration::from_secs(2)) {
-                if let Ok((true, _)) = download(1 << 20, expected_hash(1 << 20), Duration::from_secs(2)) {
+                if let Ok((true, _)) =
+                    download(1 << 20, expected_hash(1 << 20), Duration::from_secs(2))
+                {
                     return true;
                 }
             }
@@ -685,8 +827,14 @@ fn tunnel_across_namespaces() {
     })
     .join()
     .unwrap();
-    assert!(recovered, "no transfer within 30 s after stowaway restarted");
-    eprintln!("recovered {:.1} s after the restart", t.elapsed().as_secs_f64());
+    assert!(
+        recovered,
+        "no transfer within 30 s after stowaway restarted"
+    );
+    eprintln!(
+        "recovered {:.1} s after the restart",
+        t.elapsed().as_secs_f64()
+    );
     assert!(bed.alive("cargo-client"), "cargo-client must keep running");
     // (peer counters are published every 250 ms)
     wait_for("the restarted stowaway's counters", 5, || {

@@ -51,7 +51,12 @@ mod tests {
 
     /// Moves everything pending between the two ends once; returns new TCP flows seen by `b`
     /// and the number of datagrams moved.
-    fn pump(a: &mut End, b: &mut End, now: Instant, new_at_b: &mut Vec<(SocketHandle, FourTuple)>) -> usize {
+    fn pump(
+        a: &mut End,
+        b: &mut End,
+        now: Instant,
+        new_at_b: &mut Vec<(SocketHandle, FourTuple)>,
+    ) -> usize {
         let mut buf = vec![0u8; wg::BUF_SIZE];
         let mut wire: Vec<(bool, Vec<u8>)> = Vec::new(); // (to_b, datagram)
         a.stack.poll(now);
@@ -70,7 +75,11 @@ mod tests {
         }
         let moved = wire.len();
         while let Some((to_b, d)) = wire.pop() {
-            let (dst, from) = if to_b { (&mut *b, a.addr) } else { (&mut *a, b.addr) };
+            let (dst, from) = if to_b {
+                (&mut *b, a.addr)
+            } else {
+                (&mut *a, b.addr)
+            };
             let mut tun = Vec::new();
             let mut back = Vec::new();
             let _ = dst.wg.decapsulate(from, &d, &mut buf, |o| match o {
@@ -98,13 +107,17 @@ mod tests {
         let server_ep = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
         let h = c
             .stack
-            .tcp_connect(SocketAddrV4::new(Ipv4Addr::new(192, 168, 99, 2), 40000), server_ep)
+            .tcp_connect(
+                SocketAddrV4::new(Ipv4Addr::new(192, 168, 99, 2), 40000),
+                server_ep,
+            )
             .unwrap();
         let mut new = Vec::new();
         // deterministic payload, 4 MiB each way
         const N: usize = 4 << 20;
         let data: Vec<u8> = (0..N).map(|i| (i * 7 % 251) as u8).collect();
-        let (mut sent_c, mut got_s, mut sent_s, mut got_c) = (0usize, Vec::new(), 0usize, Vec::new());
+        let (mut sent_c, mut got_s, mut sent_s, mut got_c) =
+            (0usize, Vec::new(), 0usize, Vec::new());
         let mut sh = None;
         let mut chunk = vec![0u8; 64 * 1024];
         let mut t = now;
@@ -177,10 +190,16 @@ mod tests {
         }
         let cfg = StackConfig::new(Ipv4Addr::UNSPECIFIED, 1420);
         assert!(sent > 0);
-        assert!(sent <= cfg.tcp_rx + cfg.tcp_tx, "sender was not held back: {sent}");
+        assert!(
+            sent <= cfg.tcp_rx + cfg.tcp_tx,
+            "sender was not held back: {sent}"
+        );
         let (sh, _) = new[0];
         let queued = s.stack.tcp(sh).recv_queue();
-        assert!(queued + 1024 >= cfg.tcp_rx, "receiver window full: {queued}");
+        assert!(
+            queued + 1024 >= cfg.tcp_rx,
+            "receiver window full: {queued}"
+        );
         // once the receiver reads, the sender continues
         let mut chunk = vec![0u8; 1 << 20];
         let n = s.stack.tcp_recv(sh, &mut chunk);
@@ -192,7 +211,10 @@ mod tests {
                 sent += c.stack.tcp_send(h, &data);
             }
         }
-        assert!(sent > cfg.tcp_rx + cfg.tcp_tx - 2048, "sender continued: {sent}");
+        assert!(
+            sent > cfg.tcp_rx + cfg.tcp_tx - 2048,
+            "sender continued: {sent}"
+        );
     }
 }
 

@@ -250,10 +250,7 @@ mod tests {
         t[21] = 4;
         t[22..24].copy_from_slice(&mss.to_be_bytes());
         let mut tp = TcpPacket::new_unchecked(&mut p[20..]);
-        tp.fill_checksum(
-            &IpAddress::v4(10, 0, 0, 1),
-            &IpAddress::v4(10, 0, 0, 2),
-        );
+        tp.fill_checksum(&IpAddress::v4(10, 0, 0, 1), &IpAddress::v4(10, 0, 0, 2));
         p
     }
 

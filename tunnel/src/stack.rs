@@ -9,7 +9,9 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SDuration, Instant as SInstant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address};
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address,
+};
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
@@ -56,7 +58,10 @@ pub enum Input<'a> {
     /// Queued for smoltcp (TCP of a known flow, or anything smoltcp answers itself).
     Queued,
     /// A SYN for a new connection: a listening socket was made for it.
-    NewTcp { handle: SocketHandle, tuple: FourTuple },
+    NewTcp {
+        handle: SocketHandle,
+        tuple: FourTuple,
+    },
     /// A UDP datagram for the owner to forward.
     Udp {
         src: SocketAddrV4,
@@ -87,7 +92,9 @@ struct OutQueue {
 
 impl OutQueue {
     fn buffer(&mut self) -> Vec<u8> {
-        self.pool.pop().unwrap_or_else(|| Vec::with_capacity(self.mtu + 64))
+        self.pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.mtu + 64))
     }
     fn recycle(&mut self, mut b: Vec<u8>) {
         if self.pool.len() < 512 {
@@ -336,7 +343,11 @@ impl NetStack {
     }
 
     /// Opens a TCP connection from `local` (an address of ours) to `remote` (behind the peer).
-    pub fn tcp_connect(&mut self, local: SocketAddrV4, remote: SocketAddrV4) -> Result<SocketHandle, tcp::ConnectError> {
+    pub fn tcp_connect(
+        &mut self,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+    ) -> Result<SocketHandle, tcp::ConnectError> {
         let mut s = self.new_tcp_socket();
         s.connect(
             self.iface.context(),

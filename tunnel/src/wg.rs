@@ -139,7 +139,11 @@ impl WgPeer {
     /// Encrypts one IP packet. `Ok(None)`: queued inside boringtun while a
     /// handshake runs (an initiation may have been returned instead).
     /// `buf` must be at least `ip.len() + 32` and 148 bytes.
-    pub fn encapsulate<'b>(&mut self, ip: &[u8], buf: &'b mut [u8]) -> Result<Option<&'b [u8]>, WgError> {
+    pub fn encapsulate<'b>(
+        &mut self,
+        ip: &[u8],
+        buf: &'b mut [u8],
+    ) -> Result<Option<&'b [u8]>, WgError> {
         if buf.len() < ip.len() + WG_OVERHEAD || buf.len() < 148 {
             return Err(WgError::Noise("buffer too small".into()));
         }
@@ -270,7 +274,11 @@ mod tests {
         let mut buf = vec![0u8; BUF_SIZE];
 
         // a has no session: the packet is queued and an initiation goes out
-        let init = a.encapsulate(&ip_packet(1), &mut buf).unwrap().unwrap().to_vec();
+        let init = a
+            .encapsulate(&ip_packet(1), &mut buf)
+            .unwrap()
+            .unwrap()
+            .to_vec();
         assert_eq!(
             ident_b.identify(&init),
             Some(Demux::Initiation(a_keys.public.to_bytes()))
@@ -291,7 +299,11 @@ mod tests {
         assert!(a.time_since_handshake().is_some());
 
         // roaming: b answers to where a's packets now come from
-        let d = a.encapsulate(&ip_packet(2), &mut buf).unwrap().unwrap().to_vec();
+        let d = a
+            .encapsulate(&ip_packet(2), &mut buf)
+            .unwrap()
+            .unwrap()
+            .to_vec();
         let (_, tun) = deliver(&mut b, ep(9), &d);
         assert_eq!(tun, vec![ip_packet(2)]);
         assert_eq!(b.endpoint(), Some(ep(9)));
