@@ -239,8 +239,27 @@ pub async fn run(
     settings: Settings,
     udp: UdpSocket,
     health: TcpListener,
+    peers_rx: watch::Receiver<Vec<PeerConfig>>,
+    bridges_rx: watch::Receiver<Vec<BridgeSpec>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let (routes_tx, _) = watch::channel(Arc::new(Vec::new()));
+    run_with_routes(
+        settings, udp, health, peers_rx, bridges_rx, routes_tx, shutdown,
+    )
+    .await
+}
+
+/// [`run`], publishing the peers' routes on `routes_tx`: a
+/// [`dial::TunnelDialer`] made from `routes_tx.subscribe()` dials through the
+/// tunnel (tests use it; `run` hands one to the bridge module).
+pub async fn run_with_routes(
+    settings: Settings,
+    udp: UdpSocket,
+    health: TcpListener,
     mut peers_rx: watch::Receiver<Vec<PeerConfig>>,
     bridges_rx: watch::Receiver<Vec<BridgeSpec>>,
+    routes_tx: watch::Sender<Arc<Vec<dial::Route>>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let keys = StaticKeys::from_private(settings.private_key);
@@ -267,8 +286,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let health_task = tokio::spawn(health::serve(health, shared.clone(), stop_rx.clone()));
-    let (routes_tx, routes_rx) = watch::channel(Arc::new(Vec::new()));
-    let dialer = dial::TunnelDialer::new(routes_rx);
+    let dialer = dial::TunnelDialer::new(routes_tx.subscribe());
     let mut bstop = stop_rx.clone();
     let bridge_task = tokio::spawn(bridge::run(
         bridges_rx,
@@ -424,7 +442,7 @@ impl Registry {
             });
         }
         list.sort_by_key(|a| a.0.tunnel_ip);
-        let _ = self.routes_tx.send(Arc::new(routes));
+        self.routes_tx.send_replace(Arc::new(routes));
         if let Ok(mut p) = self.shared.peers.lock() {
             *p = list;
         }
