@@ -14,6 +14,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, PostParams};
 
+/// `wget URL` bounded to `secs` seconds in a container. Through `sh -c "...; exit $?"` so that
+/// wget is not PID 1 (PID 1 ignores the signals `timeout` sends).
+fn wget_cmd(url: &str, secs: u32) -> [String; 3] {
+    [
+        "sh".into(),
+        "-c".into(),
+        format!("timeout -s KILL {secs} wget -q -O - {url}; exit $?"),
+    ]
+}
+
 fn cluster_ip(svc: &Service) -> String {
     svc.spec
         .as_ref()
@@ -48,7 +58,7 @@ async fn deployment_service_and_dns() {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
                 "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
                     "name": "httpd", "image": image, "imagePullPolicy": "Always",
                     "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
                     "ports": [{"containerPort": 8080}],
@@ -76,7 +86,7 @@ async fn deployment_service_and_dns() {
     let ip = cluster_ip(&svc);
     let client_pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "client"},
-        "spec": {"containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]}
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]}
     }))
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), n);
@@ -144,15 +154,7 @@ async fn deployment_service_and_dns() {
         &format!("smoke-plain-{}", suffix()),
         None,
         &image,
-        &[
-            "timeout",
-            "8",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            &format!("http://{ip}/"),
-        ],
+        &wget_cmd(&format!("http://{ip}/"), 8),
     );
     assert!(
         ok && out.contains("hello-from-pod"),
@@ -168,6 +170,7 @@ async fn udp_nodeport_and_devnet_isolation() {
     let Some(bed) = bed("udp_nodeport_and_devnet_isolation") else {
         return;
     };
+    let t0 = std::time::Instant::now();
     let client = bed.client().await;
     let image = tools_image(&bed);
     let ns = Ns::create(&bed, &client, "smoke-udp").await;
@@ -175,7 +178,7 @@ async fn udp_nodeport_and_devnet_isolation() {
 
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "echo", "labels": {"app": "echo"}},
-        "spec": {"containers": [
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
             {"name": "udp", "image": image, "imagePullPolicy": "Always",
              "command": ["/bin/testbed-dns", "udp-echo", "--listen", "0.0.0.0:9999", "--prefix", "echo-pod:"],
              "ports": [{"containerPort": 9999, "protocol": "UDP"}]},
@@ -219,6 +222,10 @@ async fn udp_nodeport_and_devnet_isolation() {
         ),
     };
     let pip = pod_ip(&pod);
+    eprintln!(
+        "[{:?}] echo Pod ready at {pip}, ClusterIP {cip}, NodePort {node_port}",
+        t0.elapsed()
+    );
     let node_ip: Ipv4Addr = bed.node_ip.parse().expect("node ip");
 
     // from the host: loopback and node address (kube-proxy may need a moment for the rules)
@@ -236,6 +243,7 @@ async fn udp_nodeport_and_devnet_isolation() {
         assert_eq!(reply, b"echo-pod:ping", "NodePort {to}");
     }
 
+    eprintln!("[{:?}] NodePort answers from the host", t0.elapsed());
     // positive control on the default bridge (where Pods live): Pod IP and ClusterIP answer
     let tag = suffix();
     let (ok, out) = docker_run(
@@ -246,7 +254,7 @@ async fn udp_nodeport_and_devnet_isolation() {
             "sh",
             "-c",
             &format!(
-                "timeout 8 wget -q -O - http://{pip}:8080/ && timeout 8 wget -q -O - http://{cip}/"
+                "timeout -s KILL 8 wget -q -O - http://{pip}:8080/ && timeout -s KILL 8 wget -q -O - http://{cip}/; exit $?"
             ),
         ],
     );
@@ -255,6 +263,10 @@ async fn udp_nodeport_and_devnet_isolation() {
         "default bridge -> Pod IP and ClusterIP: {out}"
     );
 
+    eprintln!(
+        "[{:?}] default bridge reaches Pod IP and ClusterIP",
+        t0.elapsed()
+    );
     // the "developer machine": a separate Docker network (br-*)
     let net = NetworkGuard::create(&format!("smoke-devnet-{tag}"));
     let np = format!("{}:{node_port}", bed.node_ip);
@@ -283,15 +295,7 @@ async fn udp_nodeport_and_devnet_isolation() {
         &format!("smoke-dev-pod-{tag}"),
         Some(&net.0),
         &image,
-        &[
-            "timeout",
-            "4",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            &format!("http://{pip}:8080/"),
-        ],
+        &wget_cmd(&format!("http://{pip}:8080/"), 4),
     );
     assert!(
         !ok && !out.contains("hello-from-pod"),
@@ -320,15 +324,7 @@ async fn udp_nodeport_and_devnet_isolation() {
         &format!("smoke-dev-cip-{tag}"),
         Some(&net.0),
         &image,
-        &[
-            "timeout",
-            "4",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            &format!("http://{cip}/"),
-        ],
+        &wget_cmd(&format!("http://{cip}/"), 4),
     );
     assert!(
         !ok && !out.contains("hello-from-pod"),
@@ -393,6 +389,7 @@ async fn stowaway_runs_restricted() {
         "metadata": {"name": "stowaway"},
         "spec": {
             "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
             "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
             "volumes": [{"name": "config", "secret": {"secretName": "stowaway-config"}}],
             "containers": [{

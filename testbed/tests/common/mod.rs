@@ -151,14 +151,19 @@ impl Drop for NetworkGuard {
 }
 
 /// `docker run --rm` with a bounded runtime; returns (success, stdout+stderr).
-pub fn docker_run(name: &str, network: Option<&str>, image: &str, cmd: &[&str]) -> (bool, String) {
+pub fn docker_run<S: AsRef<str>>(
+    name: &str,
+    network: Option<&str>,
+    image: &str,
+    cmd: &[S],
+) -> (bool, String) {
     let _guard = ContainerGuard(name.to_string());
     let mut args = vec!["run", "--rm", "--name", name];
     if let Some(n) = network {
         args.extend(["--network", n]);
     }
     args.push(image);
-    args.extend(cmd);
+    args.extend(cmd.iter().map(|s| s.as_ref()));
     let o = docker(&args);
     let out = format!(
         "{}{}",
