@@ -12,6 +12,14 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tunnel::{wg, Input, NetStack, Out, StackConfig, StaticKeys, TcpState, WgPeer};
 
+/// (socket, bytes still to send, where the reply goes, bytes received)
+type Outgoing = (
+    tunnel::SocketHandle,
+    Vec<u8>,
+    Option<tokio::sync::oneshot::Sender<Vec<u8>>>,
+    Vec<u8>,
+);
+
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 99, 2);
 
 fn settings(key: [u8; 32]) -> stowaway::Settings {
@@ -40,12 +48,7 @@ async fn client(
     let mut buf = vec![0u8; wg::BUF_SIZE];
     let mut rbuf = vec![0u8; wg::BUF_SIZE];
     let mut echo = Vec::new();
-    let mut outgoing: Vec<(
-        tunnel::SocketHandle,
-        Vec<u8>,
-        Option<tokio::sync::oneshot::Sender<Vec<u8>>>,
-        Vec<u8>,
-    )> = Vec::new();
+    let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut port = 41000u16;
     if let Some(d) = wgp.force_handshake(&mut buf) {
         udp.send(d).await.unwrap();
