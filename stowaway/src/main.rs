@@ -42,7 +42,26 @@ fn main() {
             std::process::exit(proto::EXIT_CONFIG);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    // GEFYRA_WORKER_THREADS: 1 runs everything on one thread (no cross-thread
+    // wake-ups on the packet path); unset: one worker per core.
+    let threads: Option<usize> = std::env::var("GEFYRA_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let rt = if threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else if let Some(threads) = threads.filter(|t| *t > 1) {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stowaway: cannot start the runtime: {e}");
