@@ -34,8 +34,10 @@ pub const STATUS_MAX_AGE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("endpoint {0:?}: expected IPv4:port")]
+    #[error("endpoint {0:?}: expected IPv4:port or name:port")]
     Endpoint(String),
+    #[error("endpoint {0}: cannot resolve: {1}")]
+    Resolve(String, String),
     #[error("TUN device {name}: {source}")]
     Tun {
         name: String,
@@ -72,11 +74,44 @@ impl Default for Options {
     }
 }
 
-/// Parses the endpoint (`IPv4:port`).
-pub fn parse_endpoint(s: &str) -> Result<SocketAddrV4, Error> {
-    s.trim()
-        .parse::<SocketAddrV4>()
-        .map_err(|_| Error::Endpoint(s.to_string()))
+/// Checks the endpoint's form: `IPv4:port` or `name:port`.
+pub fn parse_endpoint(s: &str) -> Result<(String, u16), Error> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddrV4>() {
+        return Ok((a.ip().to_string(), a.port()));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| Error::Endpoint(s.to_string()))?;
+    let port: u16 = port.parse().map_err(|_| Error::Endpoint(s.to_string()))?;
+    if host.is_empty() || port == 0 || host.contains(':') {
+        return Err(Error::Endpoint(s.to_string()));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Resolves the endpoint to an IPv4 socket address (names with
+/// hickory-resolver from /etc/resolv.conf: the binary is static, no NSS).
+pub async fn resolve_endpoint(s: &str) -> Result<SocketAddrV4, Error> {
+    let (host, port) = parse_endpoint(s)?;
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Ok(SocketAddrV4::new(ip, port));
+    }
+    let resolver = hickory_resolver::TokioResolver::builder_tokio()
+        .and_then(|b| b.build())
+        .map_err(|e| Error::Resolve(host.clone(), e.to_string()))?;
+    let lookup = resolver
+        .lookup_ip(host.as_str())
+        .await
+        .map_err(|e| Error::Resolve(host.clone(), e.to_string()))?;
+    let ip = lookup
+        .iter()
+        .find_map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| Error::Resolve(host.clone(), "no IPv4 address".into()))?;
+    Ok(SocketAddrV4::new(ip, port))
 }
 
 /// Reads a JSON or YAML config file.
@@ -97,7 +132,7 @@ pub async fn run(
     opts: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let endpoint = parse_endpoint(&cfg.endpoint)?;
+    let endpoint = resolve_endpoint(&cfg.endpoint).await?;
     let tun =
         net::create_tun(&cfg.tun_name, cfg.tunnel_ip, cfg.mtu).map_err(|source| Error::Tun {
             name: cfg.tun_name.clone(),
@@ -410,6 +445,21 @@ pub fn read_status(path: &Path) -> Result<(CargoStatus, bool), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoint("10.0.0.1:31820").unwrap(),
+            ("10.0.0.1".into(), 31820)
+        );
+        assert_eq!(
+            parse_endpoint("node-1:31820").unwrap(),
+            ("node-1".into(), 31820)
+        );
+        assert!(parse_endpoint("node-1").is_err());
+        assert!(parse_endpoint("node-1:x").is_err());
+        assert!(parse_endpoint(":1").is_err());
+    }
 
     #[test]
     fn probe_reply_is_recognised() {
