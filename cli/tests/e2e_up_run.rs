@@ -301,15 +301,19 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, docker: &bollard::Do
 
 /// `probe.sh NAME_OR_IP [PATH]`: resolve (nslookup, search domains apply), then HTTP/1.0 GET on 8080.
 const PROBE: &str = r#"#!/bin/sh
+# like a resolver with ndots:5: the search domains of /etc/resolv.conf first, then the name as is
+a() { nslookup "$1" 2>/dev/null | awk '/^Name:/ {n=1} n && /^Address:/ && $2 !~ /:/ {a=$2} END {print a}'; }
 r() {
   case "$1" in
-    *[!0-9.]*) nslookup "$1" 2>/dev/null | awk '/^Address:/ && $2 !~ /:/ {a=$2} END {print a}' ;;
+    *[!0-9.]*)
+      for d in $(awk '/^search/ {$1=""; print}' /etc/resolv.conf) ""; do
+        ip=$(a "$1${d:+.$d}")
+        [ -n "$ip" ] && { echo "$ip"; return; }
+      done ;;
     *) echo "$1" ;;
   esac
 }
 ip=$(r "$1")
 [ -n "$ip" ] || { echo "cannot resolve $1" >&2; exit 2; }
-printf 'GET %s HTTP/1.0
-
-' "${2:-/cgi-bin/ip}" | nc -w 30 "$ip" 8080
+printf 'GET %s HTTP/1.0\r\n\r\n' "${2:-/cgi-bin/ip}" | nc -w 30 "$ip" 8080
 "#;
