@@ -83,6 +83,8 @@ struct UdpFlow {
     link: UdpLink,
 }
 
+/// UDP flows per peer at most (each is a kernel socket); beyond, datagrams are dropped and counted.
+const MAX_UDP_FLOWS: usize = 1024;
 const TICK: Duration = Duration::from_millis(250);
 const BATCH: usize = 256;
 
@@ -281,6 +283,10 @@ impl Peer {
         let id = match self.udp_by_key.get(&key) {
             Some(id) => *id,
             None => {
+                if self.udp_flows.len() >= MAX_UDP_FLOWS {
+                    self.shared.counters.dropped_packets.fetch_add(1, Relaxed);
+                    return;
+                }
                 let is_dns = *dst.ip() == self.shared.settings.tunnel_ip && dst.port() == 53;
                 let target = if is_dns {
                     match self.shared.settings.dns_upstream {

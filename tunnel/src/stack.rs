@@ -28,6 +28,8 @@ pub struct StackConfig {
     pub max_in_queue: usize,
     /// Packets queued from smoltcp before it must wait for the owner to drain.
     pub max_out_queue: usize,
+    /// TCP flows at most; a SYN beyond gets a RST.
+    pub max_tcp_flows: usize,
 }
 
 impl StackConfig {
@@ -39,6 +41,7 @@ impl StackConfig {
             tcp_tx: 512 * 1024,
             max_in_queue: 4096,
             max_out_queue: 1024,
+            max_tcp_flows: 2048,
         }
     }
 }
@@ -280,7 +283,12 @@ impl NetStack {
         };
         let mut result = Input::Queued;
         let is_syn = flags & packet::TCP_SYN != 0 && flags & packet::TCP_ACK == 0;
-        if is_syn && !self.flows.contains_key(&tuple) && dp != 0 && sp != 0 {
+        if is_syn
+            && !self.flows.contains_key(&tuple)
+            && dp != 0
+            && sp != 0
+            && self.flows.len() < self.cfg.max_tcp_flows
+        {
             let mut s = self.new_tcp_socket();
             let ep = IpListenEndpoint {
                 addr: Some(IpAddress::Ipv4(sv4(ip.dst))),
