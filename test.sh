@@ -42,3 +42,7 @@ step "cargo test (profile ci)"
 # GEFYRA_E2E=1: an end-to-end test whose bed is missing fails instead of skipping
 export GEFYRA_E2E=1
 cargo test --profile ci --workspace --no-fail-fast "$@"
+if [ $# -eq 0 ]; then
+  step "tunnel rekey test under boringtun's mock clock (a feature kept out of the binaries above)"
+  cargo test --profile ci -p gefyra-tunnel --features mock-clock
+fi
