@@ -93,12 +93,17 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, docker: &bollard::Do
     ]);
     assert!(o.status.success(), "run failed: {}", common::stderr(&o));
     let out = common::stdout(&o);
-    assert!(
-        out.contains(&format!("SHORT={stow_ip}")),
-        "server must see stowaway's Pod address: {out}"
-    );
-    assert!(out.contains(&format!("SVCNS={stow_ip}")), "{out}");
-    assert!(out.contains(&format!("CIP={stow_ip}")), "{out}");
+    // busybox httpd gives REMOTE_ADDR as [::ffff:a.b.c.d]
+    for key in ["SHORT", "SVCNS", "CIP"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{key}=")))
+            .unwrap_or_default();
+        assert!(
+            line.contains(&format!(":{stow_ip}]")) || line == format!("{key}={stow_ip}"),
+            "{key}: the server must see stowaway's Pod address {stow_ip} (echo Pod {echo_ip}): {out}"
+        );
+    }
     assert!(out.contains("FOO=from-cluster BAR=local"), "{out}");
     assert!(out.contains("hello from the host"), "{out}");
     let after = status(bed);
