@@ -4,7 +4,8 @@
 #
 # Needs: iperf3, jq, socat, haproxy, nginx with the stream module
 #   apt-get install -y --no-install-recommends iperf3 jq socat haproxy nginx-light libnginx-mod-stream
-# Settings (env): SECS (per measurement, default 5), IDLE (idle connections, default 2000),
+# Settings (env): VETH=1 adds a throughput run through veth pairs between two network
+#   namespaces it creates and removes (root; no default route anywhere); SECS (per measurement, default 5), IDLE (idle connections, default 2000),
 #   CONC (cps concurrency, default 32), RR (exchanges for latency, default 20000).
 # Not part of .ci/run: a benchmark, not a test.
 set -euo pipefail
@@ -179,7 +180,7 @@ done
 # ---- through veth pairs: client netns -> proxy (root netns) -> server netns.
 # Closer to a Pod than loopback (splice's gain depends on the device). Needs root and `ip`.
 VROWS=()
-if [ "${VETH:-1}" = 1 ] && [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
+if [ "${VETH:-0}" = 1 ] && [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
   NSC=cbench-c$$; NSS=cbench-s$$
   veth_cleanup() {
     ip netns del "$NSC" 2>/dev/null || true; ip netns del "$NSS" 2>/dev/null || true
@@ -225,7 +226,7 @@ RATIO=$(awk -v c="$C1" -v s="$S1" 'BEGIN { if (s > 0) printf "%.2f", c / s; else
   echo "- versions: socat $(socat -V | awk '/socat version/{print $3}'), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(nginx -v 2>&1 | sed 's/.*: //'), iperf3 $(iperf3 -v | head -1 | awk '{print $2}')"
   echo "- settings: ${SECS}s per throughput/cps run; cps concurrency $CONC; latency: 1 connection, $RR exchanges of 64 bytes (after 100 warm-up), \"added\" = proxy minus a direct run made just before it; $IDLE idle connections for memory"
   echo "- carrier: \`carrier forward\` (splice, default 64 KiB pipes) and \`--no-splice\`; socat: \`fork\`; HAProxy: mode tcp, nbthread 2; nginx: stream, 2 workers"
-  echo "- the machine is shared (other builds may run): figures are one run, not a controlled lab"
+  echo "- the machine is shared (other builds may run): figures are one run, not a controlled lab$([ ${#VROWS[@]} -gt 0 ] && echo '; run with VETH=1')"
   echo
   echo "| proxy | 1 stream Gbit/s | 8 streams Gbit/s | new conn/s | latency p50 / p99 µs | added p50 / p99 µs | PSS per idle conn KiB |"
   echo "|---|---|---|---|---|---|---|"
