@@ -5,7 +5,7 @@ use crate::args::{self, HostPort};
 use crate::manifests::{Install, ServiceType};
 use crate::state::{self, ConnectionState};
 use crate::{docker, k8s, ui, Global, Output};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use std::time::Duration;
 
@@ -249,7 +249,13 @@ async fn up_inner(
             cargo_changed = true;
         }
     }
-    let status = docker::wait_handshake(d, conn, timeout).await?;
+    let status = docker::wait_handshake(d, conn, timeout)
+        .await
+        .with_context(|| {
+            format!(
+                "no WireGuard handshake with stowaway at {endpoint}: check that this machine reaches it over UDP (firewall, NodePort) or pass --host HOST[:PORT]"
+            )
+        })?;
     state::save(&new_state)?;
 
     let changed =
