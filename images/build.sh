@@ -76,7 +76,7 @@ for p in "${built_ok[@]}"; do
   if [ ! -x "$bin" ]; then
     echo "images: $bin missing: no ${IMAGE[$p]} image" >&2; failed+=("$p"); continue
   fi
-  if ldd "$bin" >/dev/null 2>&1; then
+  if [[ $(readelf -l "$bin" 2>/dev/null) == *"program interpreter"* ]]; then
     echo "images: $bin is dynamically linked (expected +crt-static): no ${IMAGE[$p]} image" >&2; failed+=("$p"); continue
   fi
   root=$work/$p

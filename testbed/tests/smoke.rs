@@ -267,6 +267,28 @@ async fn udp_nodeport_and_devnet_isolation() {
         "[{:?}] default bridge reaches Pod IP and ClusterIP",
         t0.elapsed()
     );
+    // hairpin: the Pod reaches itself through its own Service (bed.sh sets hairpin mode on
+    // docker0's ports every 2 s)
+    let hairpin = wait_for("the Pod reaching itself via its ClusterIP", 20, || {
+        let (client, n, url) = (client.clone(), n.to_string(), format!("http://{cip}/"));
+        async move {
+            let (ok, out) = exec_in(
+                &client,
+                &n,
+                "echo",
+                Some("http"),
+                &["timeout", "-s", "KILL", "3", "wget", "-q", "-O", "-", &url],
+            )
+            .await;
+            (ok && out.contains("hello-from-pod")).then_some(())
+        }
+    });
+    hairpin.await;
+    eprintln!(
+        "[{:?}] hairpin: the Pod reaches itself via its Service",
+        t0.elapsed()
+    );
+
     // the "developer machine": a separate Docker network (br-*)
     let net = NetworkGuard::create(&format!("smoke-devnet-{tag}"));
     let np = format!("{}:{node_port}", bed.node_ip);

@@ -382,12 +382,27 @@ pub async fn pod_story(client: &Client, ns: &str, name: &str) -> String {
 
 /// Runs a command in a Pod's container; returns (exit code 0?, stdout+stderr).
 pub async fn exec(client: &Client, ns: &str, pod: &str, cmd: &[&str]) -> (bool, String) {
+    exec_in(client, ns, pod, None, cmd).await
+}
+
+/// Like [`exec`], in a named container.
+pub async fn exec_in(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    container: Option<&str>,
+    cmd: &[&str],
+) -> (bool, String) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut ap = AttachParams::default().stdout(true).stderr(true);
+    if let Some(c) = container {
+        ap = ap.container(c);
+    }
     let mut p = pods
         .exec(
             pod,
             cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            &AttachParams::default().stdout(true).stderr(true),
+            &ap,
         )
         .await
         .unwrap_or_else(|e| panic!("exec {cmd:?} in {ns}/{pod}: {e}"));
