@@ -34,6 +34,29 @@ pub async fn down(g: &Global, a: DownArgs) -> Result<i32> {
     let cluster = k8s::connect(g.kubeconfig.as_deref(), g.context.as_deref()).await;
     let mut namespace = a.namespace.clone();
 
+    // bridges first: their Pods get their original images back
+    if let Ok(c) = &cluster {
+        let ns = a.namespace.clone().unwrap_or_else(|| {
+            state::load(&g.connection)
+                .ok()
+                .flatten()
+                .map(|s| s.namespace)
+                .unwrap_or_else(|| proto::DEFAULT_NAMESPACE.to_string())
+        });
+        let conn = if a.all {
+            None
+        } else {
+            Some(g.connection.as_str())
+        };
+        match crate::cmd_bridge::unbridge_all(c, &ns, conn, None, Duration::from_secs(a.timeout))
+            .await
+        {
+            Ok(names) => removed.extend(names.into_iter().map(|n| format!("bridge {n}"))),
+            Err(e) => warnings.push(format!(
+                "could not remove bridges: {e}; run `gefyra unbridge -A`"
+            )),
+        }
+    }
     for conn in &connections {
         let st = state::load(conn)?;
         if namespace.is_none() {

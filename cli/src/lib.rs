@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod cmd_bridge;
 pub mod cmd_down;
 pub mod cmd_info;
 pub mod cmd_run;
@@ -64,6 +65,10 @@ pub enum Command {
     Down(cmd_down::DownArgs),
     /// Run a local container inside the cluster's network, in a namespace
     Run(cmd_run::RunArgs),
+    /// Send the traffic of a container in cluster Pods to a local dev container
+    Bridge(cmd_bridge::BridgeArgs),
+    /// Remove a bridge (-I NAME) or all (-A) and restore the Pods' original images
+    Unbridge(cmd_bridge::UnbridgeArgs),
     /// List dev containers with their address on the gefyra network, and bridges
     List,
     /// Show the state of the cluster side, this client and the tunnel
@@ -85,6 +90,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Up(a) => cmd_up::up(&g, a).await,
         Command::Down(a) => cmd_down::down(&g, a).await,
         Command::Run(a) => cmd_run::run(&g, a).await,
+        Command::Bridge(a) => cmd_bridge::bridge(&g, a).await,
+        Command::Unbridge(a) => cmd_bridge::unbridge(&g, a).await,
         Command::List => cmd_info::list(&g).await,
         Command::Status => cmd_info::status(&g).await,
         Command::Check => cmd_info::check(&g).await,
@@ -139,6 +146,43 @@ mod tests {
             .unwrap();
         assert_eq!(c.global.output, Output::Json);
         assert_eq!(c.global.connection, "second");
+        let c = Cli::try_parse_from([
+            "gefyra",
+            "bridge",
+            "-N",
+            "myfastapi-demo",
+            "-n",
+            "oauth2-demo",
+            "--deployment",
+            "oauth2-demo",
+            "--port",
+            "8155:8155",
+            "--container-name",
+            "oauth2-demo-app",
+            "-I",
+            "myfastapi",
+        ])
+        .unwrap();
+        let Command::Bridge(b) = c.command else {
+            panic!("not bridge")
+        };
+        assert_eq!(b.deployment.as_deref(), Some("oauth2-demo"));
+        assert_eq!(b.port[0].remote, 8155);
+        assert!(Cli::try_parse_from([
+            "gefyra",
+            "bridge",
+            "-N",
+            "x",
+            "--target",
+            "deployment/a/b",
+            "-p",
+            "80:8080",
+            "-p",
+            "81:8081"
+        ])
+        .is_ok());
+        assert!(Cli::try_parse_from(["gefyra", "unbridge", "-A"]).is_ok());
+        assert!(Cli::try_parse_from(["gefyra", "unbridge"]).is_err());
         let e = Cli::try_parse_from(["gefyra", "run", "-i", "x", "-p", "80"]).unwrap_err();
         assert!(e.to_string().contains("HOST_PORT:CONTAINER_PORT"), "{e}");
         let e = Cli::try_parse_from(["gefyra", "run", "-i", "x", "--env-from", "deployment"])

@@ -158,3 +158,29 @@ mod tests {
         );
     }
 }
+
+/// Directories of the carrier image where [`CARRIER_COMMAND_NAMES`] exist (symlinks to carrier).
+pub const CARRIER_COMMAND_DIRS: &[&str] = &["/bin", "/usr/bin", "/usr/local/bin"];
+/// Program names a bridged container's `command` may start with: the carrier image
+/// provides each of them (in [`CARRIER_COMMAND_DIRS`]) so the kubelet can start carrier
+/// whatever the Pod's `command` says. Must match `CARRIER_NAMES` in images/build.sh.
+pub const CARRIER_COMMAND_NAMES: &[&str] = &[
+    "carrier", "sh", "bash", "ash", "dash", "zsh", "env", "python", "python2", "python3",
+    "python3.8", "python3.9", "python3.10", "python3.11", "python3.12", "python3.13", "pypy3",
+    "node", "nodejs", "npm", "npx", "yarn", "pnpm", "deno", "bun", "java", "ruby", "bundle",
+    "rails", "perl", "php", "php-fpm", "uvicorn", "gunicorn", "hypercorn", "daphne", "uwsgi",
+    "flask", "django-admin", "celery", "pip", "pipenv", "poetry", "dotnet", "nginx", "httpd",
+    "caddy", "go", "air", "tini", "dumb-init", "docker-entrypoint.sh", "entrypoint.sh",
+    "start.sh", "run.sh",
+];
+
+/// Can the carrier image start a container whose `command` begins with `program`?
+pub fn carrier_can_start(program: &str) -> bool {
+    match program.rsplit_once('/') {
+        Some((dir, name)) => {
+            (name == "carrier" && dir == "/usr/local/bin")
+                || (CARRIER_COMMAND_DIRS.contains(&dir) && CARRIER_COMMAND_NAMES.contains(&name))
+        }
+        None => CARRIER_COMMAND_NAMES.contains(&program),
+    }
+}

@@ -1,0 +1,792 @@
+//! `gefyra bridge` / `unbridge`: cluster traffic for a container of running
+//! Pods goes to a local dev container.
+//!
+//! Bridge: for every Pod of the target, one strategic-merge patch writes the
+//! original image into the annotation `gefyra.dev/original-image.<container>`
+//! and sets the container's image to carrier (atomically: the annotation is
+//! there whenever the image is carrier). The bridge is one labelled ConfigMap;
+//! stowaway applies it live and pushes the port map to each carrier.
+//! Refused before anything changes: a container with an exec probe, one that
+//! declares carrier's control port, one whose `command` the carrier image
+//! cannot start, a Pod already bridged.
+//! Unbridge (also `down`): restores every Pod from its annotation, even when
+//! the CLI crashed after patching (the annotation lives on the Pod).
+
+use crate::args::{self, PortPair, Target, WorkloadKind};
+use crate::k8s::{self, Cluster};
+use crate::ui::{self, Wait};
+use crate::{docker, state, Global, Output};
+use anyhow::{anyhow, bail, Context, Result};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use proto::cluster::{BridgePort, BridgeSpec, BridgedPod};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BridgeArgs {
+    /// The local dev container that receives the traffic (started with `gefyra run`)
+    #[arg(short = 'N', long, value_parser = args::container_name)]
+    pub name: String,
+    /// Namespace of the target workload
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Target Deployment (with --container-name)
+    #[arg(long, conflicts_with = "target")]
+    pub deployment: Option<String>,
+    /// Target StatefulSet (with --container-name)
+    #[arg(long, conflicts_with_all = ["target", "deployment"])]
+    pub statefulset: Option<String>,
+    /// Target Pod (with --container-name)
+    #[arg(long, conflicts_with_all = ["target", "deployment", "statefulset"])]
+    pub pod: Option<String>,
+    /// The container to bridge (needed when the Pod has several)
+    #[arg(long, short = 'C')]
+    pub container_name: Option<String>,
+    /// Target as TYPE/NAME[/CONTAINER], e.g. deployment/oauth2-demo/oauth2-demo-app
+    #[arg(long)]
+    pub target: Option<Target>,
+    /// Port map REMOTE:LOCAL (container port in the cluster : port of the local container); repeatable
+    #[arg(
+        short = 'p',
+        long = "port",
+        value_name = "REMOTE:LOCAL",
+        required = true
+    )]
+    pub port: Vec<PortPair>,
+    /// Name of the bridge
+    #[arg(short = 'I', long = "bridge-name")]
+    pub bridge_name: Option<String>,
+    /// Seconds to wait for the bridge to be active
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UnbridgeArgs {
+    /// The bridge to remove
+    #[arg(short = 'I', long = "bridge-name", required_unless_present = "all")]
+    pub bridge_name: Option<String>,
+    /// Remove every bridge of this connection (and restore any Pod left patched)
+    #[arg(short = 'A', long)]
+    pub all: bool,
+    /// Seconds to wait for each Pod to run its original image again
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+fn bridge_selector() -> String {
+    format!(
+        "{}={},{}={}",
+        proto::LABEL_APP,
+        proto::APP_NAME,
+        proto::LABEL_ROLE,
+        proto::ROLE_BRIDGE
+    )
+}
+
+/// Why a container cannot be bridged in place, if it cannot.
+pub fn refuse_reason(c: &Container) -> Option<String> {
+    let exec = |p: &Option<Probe>| p.as_ref().and_then(|p| p.exec.as_ref()).is_some();
+    if exec(&c.liveness_probe) || exec(&c.readiness_probe) || exec(&c.startup_probe) {
+        return Some(format!(
+            "container {} has an exec probe, which carrier cannot answer; change the probe to httpGet or tcpSocket to bridge it",
+            c.name
+        ));
+    }
+    if c.ports
+        .as_ref()
+        .map(|ps| {
+            ps.iter()
+                .any(|p| p.container_port == i32::from(proto::CARRIER_CONTROL_PORT))
+        })
+        .unwrap_or(false)
+    {
+        return Some(format!(
+            "container {} declares port {}, which carrier needs for its control link",
+            c.name,
+            proto::CARRIER_CONTROL_PORT
+        ));
+    }
+    if let Some(cmd) = c.command.as_ref().and_then(|c| c.first()) {
+        if !proto::carrier_can_start(cmd) {
+            return Some(format!(
+                "container {} starts with `{cmd}`, which the carrier image cannot start (the kubelet keeps the Pod's command); bridge a container whose command is unset or a common interpreter",
+                c.name
+            ));
+        }
+    }
+    None
+}
+
+/// Container ports with an httpGet probe (carrier answers kube-probe itself).
+pub fn http_probe_ports(c: &Container) -> Vec<u16> {
+    let mut out = BTreeSet::new();
+    for p in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(h) = &p.http_get {
+            let port = match &h.port {
+                IntOrString::Int(n) => u16::try_from(*n).ok(),
+                IntOrString::String(name) => c.ports.as_ref().and_then(|ps| {
+                    ps.iter()
+                        .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+                        .and_then(|cp| u16::try_from(cp.container_port).ok())
+                }),
+            };
+            if let Some(p) = port {
+                out.insert(p);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The first free route ports (one per port) given those in use.
+pub fn allocate_route_ports(used: &BTreeSet<u16>, n: usize) -> Result<Vec<u16>> {
+    let mut out = Vec::with_capacity(n);
+    let mut p = proto::ROUTE_PORT_BASE;
+    while out.len() < n {
+        if !used.contains(&p) {
+            out.push(p);
+        }
+        p = p
+            .checked_add(1)
+            .ok_or_else(|| anyhow!("no free route port left: remove unused bridges"))?;
+    }
+    Ok(out)
+}
+
+/// The strategic-merge patch that bridges `container` (annotation + label + image at once).
+pub fn bridge_patch(
+    bridge: &str,
+    container: &str,
+    original: &str,
+    carrier: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "annotations": { proto::original_image_annotation(container): original },
+            "labels": { proto::LABEL_BRIDGE: bridge },
+        },
+        "spec": { "containers": [ { "name": container, "image": carrier } ] }
+    })
+}
+
+/// The patch that restores `container` and removes the bridge's marks.
+pub fn restore_patch(container: &str, original: &str) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "annotations": { proto::original_image_annotation(container): null },
+            "labels": { proto::LABEL_BRIDGE: null },
+        },
+        "spec": { "containers": [ { "name": container, "image": original } ] }
+    })
+}
+
+async fn target_pods(c: &Cluster, ns: &str, kind: WorkloadKind, name: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
+    let w = args::EnvFrom {
+        kind,
+        name: name.to_string(),
+        container: None,
+    };
+    if kind == WorkloadKind::Pod {
+        let p = pods.get_opt(name).await?.ok_or_else(|| {
+            anyhow!("pod {name} not found in namespace {ns}; check -n and the name")
+        })?;
+        return Ok(vec![p]);
+    }
+    // reuse the selector logic of --env-from: find one Pod, then all Pods with the same selector
+    let (one, _) = k8s::workload_pod(c, ns, &w).await?;
+    let first = pods.get(&one).await?;
+    let owner = first
+        .owner_references()
+        .first()
+        .map(|o| o.name.clone())
+        .unwrap_or_default();
+    let list = pods.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.owner_references().first().map(|o| o.name.as_str()) == Some(owner.as_str())
+        })
+        .collect())
+}
+
+pub async fn bridge(g: &Global, a: BridgeArgs) -> Result<i32> {
+    let conn = g.connection.as_str();
+    let st = state::load(conn)?.ok_or_else(|| {
+        anyhow!("connection {conn} is not up: run `gefyra up` first (or pass --connection)")
+    })?;
+    let (kind, wname, container) = match (&a.target, &a.deployment, &a.statefulset, &a.pod) {
+        (Some(t), ..) => (t.0.kind, t.0.name.clone(), t.0.container.clone().or(a.container_name.clone())),
+        (None, Some(d), _, _) => (WorkloadKind::Deployment, d.clone(), a.container_name.clone()),
+        (None, None, Some(s), _) => (WorkloadKind::StatefulSet, s.clone(), a.container_name.clone()),
+        (None, None, None, Some(p)) => (WorkloadKind::Pod, p.clone(), a.container_name.clone()),
+        _ => bail!("say what to bridge: --deployment NAME --container-name C, or --target TYPE/NAME/CONTAINER"),
+    };
+    let bridge_name = a
+        .bridge_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-to-{}", wname, a.name));
+    let bridge_name = args::connection_name(&bridge_name.to_lowercase()).map_err(|_| {
+        anyhow!(
+            "'{bridge_name}' is not a valid bridge name (lowercase letters, digits, '-'); pass -I"
+        )
+    })?;
+
+    // the local end
+    let d = docker::connect().await?;
+    let local = d
+        .inspect_container(
+            &a.name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "no local container {}: start it with `gefyra run -N {}`",
+                a.name,
+                a.name
+            )
+        })?;
+    let local_ip: Ipv4Addr = local
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(&st.network).cloned())
+        .and_then(|e| e.ip_address)
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "container {} is not on gefyra's network {}: start it with `gefyra run`",
+                a.name,
+                st.network
+            )
+        })?;
+    if local.state.and_then(|s| s.running) != Some(true) {
+        bail!(
+            "container {} is not running: start it with `gefyra run`",
+            a.name
+        );
+    }
+
+    let cluster = k8s::connect(g.kubeconfig.as_deref(), g.context.as_deref()).await?;
+    let pods = target_pods(&cluster, &a.namespace, kind, &wname).await?;
+    if pods.is_empty() {
+        bail!(
+            "{kind}/{wname} has no running Pod in namespace {}",
+            a.namespace
+        );
+    }
+    // validate every Pod before changing anything
+    let mut bridged: Vec<(String, Ipv4Addr, String)> = Vec::new(); // (pod, ip, original image)
+    let mut probe_ports = BTreeSet::new();
+    let mut container_name = String::new();
+    for p in &pods {
+        let spec = p.spec.clone().unwrap_or_default();
+        let c = match &container {
+            Some(name) => {
+                spec.containers
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .ok_or_else(|| {
+                        anyhow!(
+                    "{kind}/{wname} has no container {name} (it has: {}); fix --container-name",
+                    spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                )
+                    })?
+            }
+            None if spec.containers.len() == 1 => &spec.containers[0],
+            None => bail!(
+                "{kind}/{wname} has several containers ({}): pass --container-name",
+                spec.containers
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        container_name = c.name.clone();
+        if let Some(why) = refuse_reason(c) {
+            bail!("cannot bridge {kind}/{wname}: {why}");
+        }
+        if p.annotations()
+            .contains_key(&proto::original_image_annotation(&c.name))
+            || p.labels().contains_key(proto::LABEL_BRIDGE)
+        {
+            bail!(
+                "pod {} is already bridged (bridge {}); unbridge it first: gefyra unbridge -I {}",
+                p.name_any(),
+                p.labels()
+                    .get(proto::LABEL_BRIDGE)
+                    .cloned()
+                    .unwrap_or_default(),
+                p.labels()
+                    .get(proto::LABEL_BRIDGE)
+                    .cloned()
+                    .unwrap_or_default()
+            );
+        }
+        for pp in &a.port {
+            let declared = c
+                .ports
+                .as_ref()
+                .map(|ps| {
+                    ps.iter()
+                        .any(|cp| cp.container_port == i32::from(pp.remote))
+                })
+                .unwrap_or(true);
+            if !declared {
+                ui::warn(format!(
+                    "container {} does not declare port {}; bridging it anyway",
+                    c.name, pp.remote
+                ));
+            }
+        }
+        probe_ports.extend(http_probe_ports(c));
+        let ip: Ipv4Addr = p
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("pod {} has no IP yet; retry in a moment", p.name_any()))?;
+        let image = c
+            .image
+            .clone()
+            .ok_or_else(|| anyhow!("container {} has no image", c.name))?;
+        bridged.push((p.name_any(), ip, image));
+    }
+
+    // route ports: the first free ones across existing bridges
+    let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &st.namespace);
+    let mut used = BTreeSet::new();
+    for cm in cms
+        .list(&ListParams::default().labels(&bridge_selector()))
+        .await?
+        .items
+    {
+        if let Some(spec) = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(proto::cluster::DATA_KEY))
+            .and_then(|s| serde_json::from_str::<BridgeSpec>(s).ok())
+        {
+            used.extend(spec.ports.iter().map(|p| p.route_port));
+        }
+    }
+    let route_ports = allocate_route_ports(&used, a.port.len())?;
+    let spec = BridgeSpec {
+        name: bridge_name.clone(),
+        connection: conn.to_string(),
+        namespace: a.namespace.clone(),
+        container: container_name.clone(),
+        pods: bridged
+            .iter()
+            .map(|(n, ip, _)| BridgedPod {
+                name: n.clone(),
+                ip: *ip,
+            })
+            .collect(),
+        ports: a
+            .port
+            .iter()
+            .zip(&route_ports)
+            .map(|(p, r)| BridgePort {
+                remote: p.remote,
+                local: p.local,
+                route_port: *r,
+            })
+            .collect(),
+        local_ip,
+        http_probe_ports: probe_ports.into_iter().collect(),
+    };
+    let mut labels = crate::manifests::labels(proto::ROLE_BRIDGE);
+    labels.insert(proto::LABEL_CONNECTION.to_string(), conn.to_string());
+    labels.insert(proto::LABEL_BRIDGE.to_string(), bridge_name.clone());
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(proto::cluster::bridge_configmap_name(&bridge_name)),
+            namespace: Some(st.namespace.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                proto::cluster::DATA_KEY.to_string(),
+                serde_json::to_string(&spec)?,
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    match cms.create(&PostParams::default(), &cm).await {
+        Ok(_) => {}
+        Err(e) if k8s::is_conflict(&e) => bail!(
+            "a bridge named {bridge_name} exists: pick another -I or `gefyra unbridge -I {bridge_name}`"
+        ),
+        Err(e) => return Err(anyhow!(e)).context("cannot record the bridge (ConfigMap)"),
+    }
+
+    let r = async {
+        let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &a.namespace);
+        for (pod, _, original) in &bridged {
+            ui::info(format!("Creating bridge for Pod {pod}"));
+            let patch = bridge_patch(&bridge_name, &container_name, original, &st.carrier_image);
+            pods_api
+                .patch(pod, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .with_context(|| format!("cannot patch pod {pod}"))?;
+        }
+        wait_active(
+            &cluster,
+            &st.namespace,
+            &bridge_name,
+            bridged.len(),
+            Duration::from_secs(a.timeout),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = r {
+        ui::warn("bridging failed; restoring the Pods");
+        let _ = remove_bridge(
+            &cluster,
+            &st.namespace,
+            &spec,
+            Duration::from_secs(a.timeout),
+        )
+        .await;
+        return Err(e);
+    }
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string(&spec)?),
+        Output::Text => println!(
+            "Bridge {bridge_name} established: {}/{} port(s) {} -> {} ({})",
+            kind,
+            wname,
+            a.port
+                .iter()
+                .map(|p| format!("{}:{}", p.remote, p.local))
+                .collect::<Vec<_>>()
+                .join(","),
+            a.name,
+            local_ip
+        ),
+    }
+    Ok(0)
+}
+
+/// Waits until stowaway reports every carrier configured and the routes open.
+async fn wait_active(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+    pods: usize,
+    timeout: Duration,
+) -> Result<()> {
+    ui::info("Waiting for the bridge(s) to become active");
+    ui::wait_for(
+        &format!("bridge {name} to become active"),
+        timeout,
+        Duration::from_secs(1),
+        || async move {
+            let Some(pod) = k8s::stowaway_pod(c, ns).await? else {
+                return Ok(Wait::NotYet("stowaway not ready".into()));
+            };
+            let st = match k8s::stowaway_status(c, ns, &pod.name).await {
+                Ok(s) => s,
+                Err(e) => return Ok(Wait::NotYet(e.to_string())),
+            };
+            let Some(b) = st.bridges.iter().find(|b| b.name == name) else {
+                return Ok(Wait::NotYet(
+                    "stowaway has not picked the bridge up yet".into(),
+                ));
+            };
+            let configured = b.carriers.iter().filter(|c| c.configured).count();
+            if b.routes_open && configured >= pods {
+                return Ok(Wait::Done(()));
+            }
+            let errors: Vec<String> = b.carriers.iter().filter_map(|c| c.error.clone()).collect();
+            Ok(Wait::NotYet(format!(
+                "{configured}/{pods} carriers configured, routes {}{}",
+                if b.routes_open { "open" } else { "not open" },
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", errors.join("; "))
+                }
+            )))
+        },
+    )
+    .await
+}
+
+/// Restores one Pod's container from its annotation and waits until it runs the original again.
+async fn restore_pod(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    timeout: Duration,
+) -> Result<bool> {
+    let Some(p) = pods.get_opt(pod).await? else {
+        return Ok(false);
+    };
+    let Some(original) = p
+        .annotations()
+        .get(&proto::original_image_annotation(container))
+        .cloned()
+    else {
+        return Ok(false);
+    };
+    pods.patch(
+        pod,
+        &PatchParams::default(),
+        &Patch::Strategic(&restore_patch(container, &original)),
+    )
+    .await
+    .with_context(|| format!("cannot restore pod {pod}"))?;
+    let pods = pods.clone();
+    ui::wait_for(
+        &format!("pod {pod} to run {original} again"),
+        timeout,
+        Duration::from_secs(1),
+        || {
+            let pods = pods.clone();
+            let original = original.clone();
+            async move {
+                let Some(p) = pods.get_opt(pod).await? else {
+                    return Ok(Wait::Done(()));
+                };
+                let cs = p
+                    .status
+                    .and_then(|s| s.container_statuses)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.name == container);
+                Ok(match cs {
+                    Some(c)
+                        if image_matches(&c.image, &original)
+                            && c.state.as_ref().and_then(|s| s.running.as_ref()).is_some() =>
+                    {
+                        Wait::Done(())
+                    }
+                    Some(c) => Wait::NotYet(format!("container runs {}", c.image)),
+                    None => Wait::NotYet("no status".into()),
+                })
+            }
+        },
+    )
+    .await?;
+    Ok(true)
+}
+
+/// The kubelet reports `docker.io/library/x:1` for `x:1`, etc.
+fn image_matches(reported: &str, wanted: &str) -> bool {
+    let norm = |s: &str| {
+        s.trim_start_matches("docker.io/")
+            .trim_start_matches("library/")
+            .to_string()
+    };
+    norm(reported) == norm(wanted) || reported.ends_with(wanted)
+}
+
+async fn remove_bridge(c: &Cluster, ns: &str, spec: &BridgeSpec, timeout: Duration) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), &spec.namespace);
+    for p in &spec.pods {
+        restore_pod(&pods, &p.name, &spec.container, timeout).await?;
+    }
+    k8s::delete_configmap(c, ns, &proto::cluster::bridge_configmap_name(&spec.name)).await?;
+    Ok(())
+}
+
+/// Removes bridges (`only`: one by name; else all of `connection`, or every bridge when
+/// `connection` is None) and restores any Pod still carrying a bridge label whose
+/// bridge no longer exists (a CLI that crashed half-way). Returns the names removed.
+pub async fn unbridge_all(
+    c: &Cluster,
+    ns: &str,
+    connection: Option<&str>,
+    only: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), ns);
+    let mut removed = Vec::new();
+    let mut known = BTreeSet::new();
+    for cm in cms
+        .list(&ListParams::default().labels(&bridge_selector()))
+        .await?
+        .items
+    {
+        let Some(spec) = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(proto::cluster::DATA_KEY))
+            .and_then(|s| serde_json::from_str::<BridgeSpec>(s).ok())
+        else {
+            continue;
+        };
+        known.insert(spec.name.clone());
+        let wanted = match (only, connection) {
+            (Some(n), _) => spec.name == n,
+            (None, Some(conn)) => spec.connection == conn,
+            (None, None) => true,
+        };
+        if wanted {
+            ui::info(format!("Removing bridge {}", spec.name));
+            remove_bridge(c, ns, &spec, timeout).await?;
+            known.remove(&spec.name);
+            removed.push(spec.name);
+        }
+    }
+    if only.is_none() {
+        // Pods patched by a CLI that never recorded (or already lost) their bridge
+        let all: Api<Pod> = Api::all(c.client.clone());
+        for p in all
+            .list(&ListParams::default().labels(proto::LABEL_BRIDGE))
+            .await?
+            .items
+        {
+            let b = p
+                .labels()
+                .get(proto::LABEL_BRIDGE)
+                .cloned()
+                .unwrap_or_default();
+            if known.contains(&b) {
+                continue;
+            }
+            let pns = p.namespace().unwrap_or_default();
+            let pods: Api<Pod> = Api::namespaced(c.client.clone(), &pns);
+            let containers: Vec<String> = p
+                .annotations()
+                .keys()
+                .filter_map(|k| k.strip_prefix(proto::ANNOTATION_ORIGINAL_IMAGE_PREFIX))
+                .map(str::to_string)
+                .collect();
+            for ct in containers {
+                ui::info(format!("Restoring pod {pns}/{} (bridge {b})", p.name_any()));
+                restore_pod(&pods, &p.name_any(), &ct, timeout).await?;
+            }
+            if !removed.contains(&b) {
+                removed.push(b);
+            }
+        }
+    }
+    Ok(removed)
+}
+
+pub async fn unbridge(g: &Global, a: UnbridgeArgs) -> Result<i32> {
+    let conn = g.connection.as_str();
+    let ns = state::load(conn)?
+        .map(|s| s.namespace)
+        .unwrap_or_else(|| proto::DEFAULT_NAMESPACE.to_string());
+    let cluster = k8s::connect(g.kubeconfig.as_deref(), g.context.as_deref()).await?;
+    let timeout = Duration::from_secs(a.timeout);
+    let removed = if a.all {
+        unbridge_all(&cluster, &ns, Some(conn), None, timeout).await?
+    } else {
+        let name = a.bridge_name.clone().unwrap_or_default();
+        let r = unbridge_all(&cluster, &ns, None, Some(&name), timeout).await?;
+        if r.is_empty() {
+            bail!("no bridge named {name}: `gefyra list` shows the bridges");
+        }
+        r
+    };
+    match g.output {
+        Output::Json => println!("{}", serde_json::json!({ "removed": removed })),
+        Output::Text => {
+            if removed.is_empty() {
+                println!("No bridges to remove");
+            }
+            for r in &removed {
+                println!("Removed bridge {r}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ContainerPort, ExecAction, HTTPGetAction};
+
+    fn container() -> Container {
+        Container {
+            name: "app".into(),
+            image: Some("app:1".into()),
+            ports: Some(vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: 8155,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(refuse_reason(&container()), None);
+        let mut c = container();
+        c.readiness_probe = Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec!["true".into()]),
+            }),
+            ..Default::default()
+        });
+        assert!(refuse_reason(&c).unwrap().contains("exec probe"));
+        let mut c = container();
+        c.ports.as_mut().unwrap()[0].container_port = i32::from(proto::CARRIER_CONTROL_PORT);
+        assert!(refuse_reason(&c).unwrap().contains("control link"));
+        let mut c = container();
+        c.command = Some(vec!["/app/server".into()]);
+        assert!(refuse_reason(&c).unwrap().contains("cannot start"));
+        c.command = Some(vec!["python".into(), "-m".into(), "x".into()]);
+        assert_eq!(refuse_reason(&c), None);
+        c.command = Some(vec!["/usr/local/bin/uvicorn".into()]);
+        assert_eq!(refuse_reason(&c), None);
+    }
+
+    #[test]
+    fn probe_ports_and_route_ports() {
+        let mut c = container();
+        c.liveness_probe = Some(Probe {
+            http_get: Some(HTTPGetAction {
+                port: IntOrString::String("http".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(http_probe_ports(&c), vec![8155]);
+        let used: BTreeSet<u16> = [10000, 10002].into();
+        assert_eq!(allocate_route_ports(&used, 2).unwrap(), vec![10001, 10003]);
+    }
+
+    #[test]
+    fn patches() {
+        let p = bridge_patch("b", "app", "app:1", "reg/gefyra-carrier:0.1.0");
+        assert_eq!(
+            p["metadata"]["annotations"]["gefyra.dev/original-image.app"],
+            "app:1"
+        );
+        assert_eq!(p["metadata"]["labels"][proto::LABEL_BRIDGE], "b");
+        assert_eq!(
+            p["spec"]["containers"][0]["image"],
+            "reg/gefyra-carrier:0.1.0"
+        );
+        let r = restore_patch("app", "app:1");
+        assert!(r["metadata"]["annotations"]["gefyra.dev/original-image.app"].is_null());
+        assert_eq!(r["spec"]["containers"][0]["image"], "app:1");
+        assert!(image_matches(
+            "docker.io/library/busybox:1.36",
+            "busybox:1.36"
+        ));
+    }
+}
