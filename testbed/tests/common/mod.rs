@@ -272,7 +272,14 @@ impl Ns {
         let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
             Api::namespaced(client.clone(), &name);
         let t0 = Instant::now();
-        while sa.get_opt("default").await.ok().flatten().is_none() {
+        // (v1.20: and its token Secret, or Pod creation fails)
+        while !sa
+            .get_opt("default")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|sa| sa.secrets.is_some_and(|s| !s.is_empty()))
+        {
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
                 "no default ServiceAccount in {name} after 60 s"
