@@ -19,7 +19,7 @@ fn main() {
         if cli.debug {
             "gefyra=debug,gefyra_cli=debug,kube=debug,bollard=info".into()
         } else {
-            "warn".into()
+            "gefyra_cli=warn".into()
         }
     });
     tracing_subscriber::fmt()
