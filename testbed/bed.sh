@@ -92,8 +92,12 @@ need_busybox_static() {
 docker_up() {
   need docker dockerd iptables
   docker info >/dev/null 2>&1 && return 0
+  local dp
+  dp=$(cat /var/run/docker.pid 2>/dev/null || true)
   if alive dockerd; then
     say "dockerd (pid $(cat "$R/dockerd.pid")) started earlier is not answering yet; waiting"
+  elif [ -n "$dp" ] && [ -d "/proc/$dp" ] && [[ $(tr '\0' ' ' <"/proc/$dp/cmdline" 2>/dev/null) == *dockerd* ]]; then
+    say "a dockerd (pid $dp, not ours) is running but not answering yet; waiting (never a second one)"
   else
     say "dockerd is not running: starting it (log $L/dockerd.log)"
     nohup dockerd --host=unix:///var/run/docker.sock >"$L/dockerd.log" 2>&1 </dev/null 9>&- &
