@@ -393,6 +393,9 @@ nodeguard_down() {
 #    NODE_IP. Matched on the destination before DNAT, so only the tunnel can carry such traffic.
 devnet_rules() {
   local ip=$1 p
+  # the sink's DROP again, first in FORWARD (Docker moves its own accepts above KLOCAL-SINK when it
+  # creates a network): after nat, a service-CIDR destination means nobody DNATed it
+  echo "-d $SERVICE_CIDR -m comment --comment $DEVNET_TAG -j DROP"
   for p in udp tcp; do
     echo "-m conntrack --ctstate DNAT --ctorigdst $ip --ctproto $p --ctorigdstport $NODEPORT_RANGE -m comment --comment $DEVNET_TAG -j ACCEPT"
   done
