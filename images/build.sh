@@ -28,7 +28,7 @@ VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$
 
 # names a bridged container's `command` commonly starts with; carrier answers to all of them
 # (in-Pod mode as PID 1; as `env` it prints the environment; otherwise it says the container is bridged)
-CARRIER_NAMES="sh bash ash dash zsh env python python2 python3 python3.8 python3.9 python3.10 python3.11
+CARRIER_NAMES="carrier sh bash ash dash zsh env python python2 python3 python3.8 python3.9 python3.10 python3.11
   python3.12 python3.13 pypy3 node nodejs npm npx yarn pnpm deno bun java ruby bundle rails perl php php-fpm
   uvicorn gunicorn hypercorn daphne uwsgi flask django-admin celery pip pipenv poetry dotnet nginx httpd caddy
   go air tini dumb-init docker-entrypoint.sh entrypoint.sh start.sh run.sh"
