@@ -273,16 +273,14 @@ impl Ns {
             Api::namespaced(client.clone(), &name);
         let t0 = Instant::now();
         // (v1.20: and its token Secret, or Pod creation fails)
-        while !sa
-            .get_opt("default")
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|sa| sa.secrets.is_some_and(|s| !s.is_empty()))
-        {
+        loop {
+            let sa = sa.get_opt("default").await.ok().flatten();
+            if sa.is_some_and(|sa| sa.secrets.is_some_and(|s| !s.is_empty())) {
+                break;
+            }
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "no default ServiceAccount in {name} after 60 s"
+                "no default ServiceAccount with a token in {name} after 60 s"
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
