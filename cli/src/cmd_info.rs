@@ -27,6 +27,8 @@ struct BridgeRow {
     pods: Vec<String>,
     local_ip: String,
     ports: Vec<String>,
+    /// `active`, or what is wrong and what to do (see bridge_info)
+    state: String,
 }
 
 async fn dev_containers(d: &bollard::Docker) -> Result<Vec<DevContainer>> {
@@ -82,7 +84,9 @@ async fn bridges(c: &k8s::Cluster, ns: &str) -> Result<Vec<BridgeRow>> {
         else {
             continue;
         };
+        let state = crate::bridge_info::bridge_state(c, &spec).await;
         out.push(BridgeRow {
+            state,
             name: spec.name,
             connection: spec.connection,
             namespace: spec.namespace,
@@ -153,6 +157,7 @@ pub async fn list(g: &Global) -> Result<i32> {
                         b.local_ip,
                         b.ports.join(",")
                     );
+                    println!("  state: {}", b.state);
                 }
             }
             if let Some(e) = bridge_err {
@@ -255,6 +260,10 @@ pub async fn status(g: &Global) -> Result<i32> {
                     Ok(None) => s.problems.push("stowaway has no ready Pod".into()),
                     Err(e) => s.problems.push(format!("cannot list stowaway Pods: {e}")),
                 }
+            }
+            if s.cluster.installed {
+                let bp = crate::bridge_info::bridge_problems(&c, &ns, s.stowaway.as_ref()).await;
+                s.problems.extend(bp);
             }
             if let Some(stt) = &st {
                 let public = state::load_or_create_key(&conn)
@@ -383,6 +392,9 @@ fn print_status(s: &Status) {
             ss.counters.udp_flows_open,
             ss.counters.dns_queries
         );
+        for l in crate::bridge_info::carrier_lines(ss) {
+            println!("  {l}");
+        }
     }
     println!(
         "Client:          up: {}, registered: {}, tunnel {}, network {} ({}), endpoint {}",

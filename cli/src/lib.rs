@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod bridge_info;
 pub mod cmd_bridge;
 pub mod cmd_down;
 pub mod cmd_info;
