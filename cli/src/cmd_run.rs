@@ -182,18 +182,18 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<i32> {
         binds.push(v.bind().map_err(|e| anyhow!(e))?);
     }
 
-    // env from the cluster first (fails before anything is created)
+    // the cluster first (fails before anything is created): the namespace must exist
+    let cluster = k8s::connect(g.kubeconfig.as_deref(), g.context.as_deref()).await?;
+    let ns_api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(cluster.client.clone());
+    if ns_api.get_opt(&a.namespace).await?.is_none() {
+        bail!(
+            "namespace {} does not exist in the cluster; check -n",
+            a.namespace
+        );
+    }
     let from = match &a.env_from {
         Some(w) => {
-            let cluster = k8s::connect(g.kubeconfig.as_deref(), g.context.as_deref()).await?;
-            let ns_api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
-                kube::Api::all(cluster.client.clone());
-            if ns_api.get_opt(&a.namespace).await?.is_none() {
-                bail!(
-                    "namespace {} does not exist in the cluster; check -n",
-                    a.namespace
-                );
-            }
             let env = k8s::workload_env(&cluster, &a.namespace, w).await?;
             ui::info(format!(
                 "Copied {} variables from {}/{}",
