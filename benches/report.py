@@ -14,6 +14,7 @@ from collections import defaultdict
 
 summary, report_md, results_json = sys.argv[1:4]
 tests = sys.argv[4] if len(sys.argv) > 4 else ""
+outdir = sys.argv[5] if len(sys.argv) > 5 else os.path.dirname(os.path.abspath(summary))
 here = os.path.dirname(os.path.abspath(__file__))
 
 comments, runs = [], defaultdict(list)
@@ -62,7 +63,8 @@ for (label, mode), vals in sorted(runs.items()):
                     "gbit_s": round(med, 3), "runs": [round(v, 3) for v in vals]})
     daemon = extra[(label, mode)][-1][-1] if extra[(label, mode)] else ""
     retr = ",".join(e[1] for e in extra[(label, mode)])
-    rows.append(f"| {label} | {streams} | {direction} | **{med:.3f}** | {', '.join(f'{v:.3f}' for v in vals)} | {retr} | {daemon} |")
+    bg = ",".join(e[5] for e in extra[(label, mode)] if len(e) > 5)
+    rows.append(f"| {label} | {streams} | {direction} | **{med:.3f}** | {', '.join(f'{v:.3f}' for v in vals)} | {retr} | {bg} | {daemon} |")
 
 with open(results_json, "w") as fh:
     json.dump({"commit": git("rev-parse", "HEAD"), "kernel": platform.release(), "cpu": cpu,
@@ -86,11 +88,17 @@ with open(report_md, "w") as fh:
     fh.write("- paths: `veth` = plain veth; `gefyra` = cargo-client (TUN) -> UDP -> stowaway (smoltcp ends TCP, kernel socket to the server); ")
     fh.write("`boringtun-t4` = boringtun-cli both ends; `wireguard-go` = wireguard-go both ends; `socat-relay` = socat TCP relay\n")
     fh.write("- up = client namespace sends; down = `iperf3 -R`\n\n")
-    fh.write("| path | streams | direction | Gbit/s (median) | runs | tcp retrans | daemon cores |\n|---|---|---|---|---|---|---|\n")
+    fh.write("| path | streams | direction | Gbit/s (median) | runs | tcp retrans | bg busy cores before each run | daemon cores (last run) |\n|---|---|---|---|---|---|---|---|\n")
     fh.write("\n".join(rows) + "\n\n")
     fh.write("## gefyra vs boringtun-cli\n\n| streams | direction | ratio |\n|---|---|---|\n")
     for s in (1, 4):
         for d in ("up", "down"):
             fh.write(f"| {s} | {d} | {ratio('gefyra', s, d, 'boringtun')} |\n")
+    mem = os.path.join(outdir, "stowaway-mem.txt")
+    if os.path.exists(mem):
+        fh.write("\n## stowaway memory (one peer)\n\n```\n" + open(mem).read() + "```\n")
+    extra_md = os.path.join(here, "REPORT-notes.md")
+    if os.path.exists(extra_md):
+        fh.write("\n" + open(extra_md).read())
     fh.write("\n## Settings and raw notes\n\n```\n" + "\n".join(comments) + "\n```\n")
 print(f"wrote {report_md} and {results_json}")

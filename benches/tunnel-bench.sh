@@ -9,9 +9,12 @@
 #
 # Usage:  benches/tunnel-bench.sh [test ...]       (default: veth gefyra boringtun wggo socat)
 #   tests: veth kernel gefyra wggo boringtun socat onetun
-# Env:    RUNS=3 DUR=10 OUT=benches/results BT_THREADS="4" PROFILE=ci|release
+# Env:    GEFYRA_BIN=dir (prebuilt stowaway + cargo-client: no build), GEFYRA_LABEL=gefyra,
+#         STOWAWAY_ENV="GEFYRA_WORKER_THREADS=1" (env of stowaway)
+#         RUNS=3 DUR=10 OUT=benches/results BT_THREADS="4" PROFILE=ci|release
+#         REPORT_MD= RESULTS_JSON= (defaults: benches/REPORT.md, benches/results.json)
 #
-# Needs: iproute2, wireguard-tools (wg), wireguard-go, iperf3, socat, jq, python3, and
+# Needs: iproute2, iputils-ping, ethtool, wireguard-tools (wg), wireguard-go, iperf3, socat, jq, python3, and
 #        boringtun-cli (cargo install boringtun-cli; found on PATH or in /var/cache/gefyra/tools/bin).
 #        Our binaries: built here with `cargo build --profile $PROFILE -p stowaway -p cargo-client`.
 # Every process this script starts is tracked by PID and killed by PID;
@@ -166,12 +169,16 @@ measure() {
 }
 
 # 1 and 4 streams, both directions (up = client in wa sends; down = iperf3 -R)
+#   MODES="1-up 1-down 4-up 4-down" (default) picks a subset (e.g. MODES=1-down for profiling)
 measure_both() {
   local p
   for p in 1 4; do
-    IPERF_TAG=-up measure "$1" "$2" "$3" "$4" $p "${5:-}"
-    IPERF_TAG=-down IPERF_EXTRA=-R measure "$1" "$2" "$3" "$4" $p "${5:-}"
+    [[ " ${MODES:-1-up 1-down 4-up 4-down} " == *" $p-up "* ]] &&
+      IPERF_TAG=-up measure "$1" "$2" "$3" "$4" $p "${5:-}"
+    [[ " ${MODES:-1-up 1-down 4-up 4-down} " == *" $p-down "* ]] &&
+      IPERF_TAG=-down IPERF_EXTRA=-R measure "$1" "$2" "$3" "$4" $p "${5:-}"
   done
+  return 0
 }
 
 stop_tun() { [ ${#TUN_PIDS[@]} -gt 0 ] && kill_pids "${TUN_PIDS[@]}"; TUN_PIDS=(); sleep 0.5; }
@@ -265,8 +272,12 @@ t_onetun() {
 # 10.100.0.2:5201 (an address on wb's loopback device, where iperf3 listens) with a kernel socket.
 t_gefyra() {
   local bin=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/$PROFILE
-  (cd "$ROOT" && cargo build -q --profile "$PROFILE" -p stowaway -p cargo-client) || { log "build failed"; return 1; }
-  log "gefyra $(git -C "$ROOT" rev-parse --short HEAD) profile=$PROFILE"
+  if [ -n "${GEFYRA_BIN:-}" ]; then   # prebuilt binaries (A/B runs of saved builds)
+    bin=$GEFYRA_BIN
+  else
+    (cd "$ROOT" && cargo build -q --profile "$PROFILE" -p stowaway -p cargo-client) || { log "build failed"; return 1; }
+  fi
+  log "gefyra $(git -C "$ROOT" rev-parse --short HEAD) bin=$bin profile=$PROFILE"
   local ak bk apub bpub
   ak=$(cat "$KEYDIR/a.key"); bk=$(cat "$KEYDIR/b.key"); apub=$(cat "$KEYDIR/a.pub"); bpub=$(cat "$KEYDIR/b.pub")
   ip -n $NSB addr add $B_TUN/32 dev lo 2>/dev/null || true
@@ -278,14 +289,20 @@ EOC
 {"private_key":"$ak","peer_public_key":"$bpub","endpoint":"$B_IP:$WG_PORT","tunnel_ip":"$A_TUN",
  "tun_name":"gtun0","mtu":$WG_MTU,"keepalive_secs":10}
 EOC
-  start_bg "$OUT/stowaway.log" ip netns exec $NSB "$bin/stowaway" --config "$OUT/stowaway.json"
+  start_bg "$OUT/stowaway.log" ip netns exec $NSB env ${STOWAWAY_ENV:-} "$bin/stowaway" --config "$OUT/stowaway.json"
   TUN_PIDS+=("$LAST_PID"); PID_stowaway=$LAST_PID
   start_bg "$OUT/cargo-client.log" ip netns exec $NSA "$bin/cargo-client" --config "$OUT/cargo.json" --status-file "$OUT/cargo-status.json"
   TUN_PIDS+=("$LAST_PID"); PID_cargo=$LAST_PID
   local i; for i in $(seq 50); do ip netns exec $NSA ping -c1 -W1 $B_TUN >/dev/null 2>&1 && break; sleep 0.2; done
   ip netns exec $NSA ping -c2 -W2 $B_TUN >/dev/null || log "WARN tunnel ping failed"
-  measure_both gefyra $NSA $B_TUN $IPERF_PORT 'cargo:$PID_cargo stowaway:$PID_stowaway'
-  ip netns exec $NSB cat /proc/$PID_stowaway/status | grep -E 'VmRSS|VmHWM' > "$OUT/stowaway-mem.txt" || true
+  sleep 1
+  { echo "idle (after handshake, before load): $(grep VmRSS /proc/$PID_stowaway/status)"; } > "$OUT/stowaway-mem.txt"
+  measure_both "${GEFYRA_LABEL:-gefyra}" $NSA $B_TUN $IPERF_PORT 'cargo:$PID_cargo stowaway:$PID_stowaway'
+  {
+    echo "after load: $(grep VmRSS /proc/$PID_stowaway/status)"
+    echo "peak under load: $(grep VmHWM /proc/$PID_stowaway/status)"
+  } >> "$OUT/stowaway-mem.txt"
+  cp "$OUT/cargo-status.json" "$OUT/cargo-status-final.json" 2>/dev/null || true
   stop_tun
   ip -n $NSB addr del $B_TUN/32 dev lo 2>/dev/null || true
 }
@@ -320,4 +337,4 @@ setup_ns
 gen_keys
 for t in $TESTS; do "t_$t"; done
 log "done; results in $SUMMARY"
-python3 "$HERE/report.py" "$SUMMARY" "$HERE/REPORT.md" "$HERE/results.json" "$TESTS"
+python3 "$HERE/report.py" "$SUMMARY" "${REPORT_MD:-$HERE/REPORT.md}" "${RESULTS_JSON:-$HERE/results.json}" "$TESTS" "$OUT"
