@@ -20,6 +20,7 @@ use tokio::net::UdpSocket;
 use tunnel::{packet, wg, Out, StaticKeys, WgPeer};
 
 pub mod net;
+pub mod udpio;
 
 /// Time between forced handshakes while stowaway does not answer.
 pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(2500);
@@ -150,13 +151,9 @@ pub async fn run(
     udp.connect(SocketAddr::V4(endpoint))
         .await
         .map_err(Error::Udp)?;
-    {
-        let s = socket2::SockRef::from(&udp);
-        let _ = s.set_recv_buffer_size(8 << 20);
-        let _ = s.set_send_buffer_size(8 << 20);
-    }
+    let udp_state = udpio::state(&udp, 8 << 20).map_err(Error::Udp)?;
     tracing::info!(endpoint = %endpoint, tun = %cfg.tun_name, tunnel_ip = %cfg.tunnel_ip, mtu = cfg.mtu, "cargo-client running");
-    run_tunnel(cfg, endpoint, Arc::new(tun), udp, opts, shutdown).await
+    run_tunnel(cfg, endpoint, Arc::new(tun), udp, udp_state, opts, shutdown).await
 }
 
 struct Liveness {
@@ -175,6 +172,7 @@ async fn run_tunnel(
     endpoint: SocketAddrV4,
     tun: Arc<tun_rs::AsyncDevice>,
     udp: UdpSocket,
+    udp_state: quinn_udp::UdpSocketState,
     opts: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
@@ -188,8 +186,18 @@ async fn run_tunnel(
     );
     let max_mss = packet::mss_for_mtu(cfg.mtu);
     let keepalive = Duration::from_secs(u64::from(cfg.keepalive_secs.max(1)));
-    let mut udp_buf = vec![0u8; wg::BUF_SIZE];
-    let mut tun_buf = vec![0u8; wg::BUF_SIZE];
+    let mut rbufs = udpio::RecvBufs::default();
+    let mut tx_batch = tunnel::DatagramBatch::new(256 * 1024);
+    let mut net_batch = tunnel::DatagramBatch::new(64 * 1024);
+    // TUN offloads (virtio-net header): reads may be TSO trains split here,
+    // writes are GRO-coalesced so one write carries many TCP segments
+    let mut to_tun = PacketQueue::default();
+    let mut gro = tun_rs::GROTable::default();
+    let mut tun_orig = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65535];
+    let seg_cap = usize::from(cfg.mtu).max(1500) + 64;
+    let mut tun_bufs = vec![vec![0u8; seg_cap]; tun_rs::IDEAL_BATCH_SIZE];
+    let mut tun_sizes = vec![0usize; tun_rs::IDEAL_BATCH_SIZE];
+    let ep = SocketAddr::V4(endpoint);
     let mut out_buf = vec![0u8; wg::BUF_SIZE];
     let mut live = Liveness {
         last_rx: None,
@@ -203,8 +211,6 @@ async fn run_tunnel(
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status = Instant::now() - STATUS_EVERY;
-    let mut to_tun: Vec<Vec<u8>> = Vec::new();
-    let mut to_net: Vec<Vec<u8>> = Vec::new();
     let probe_id: u16 = 0x6766; // "gf"
     let stowaway_ip = proto::STOWAWAY_TUNNEL_IP;
     // start the session right away
@@ -217,65 +223,95 @@ async fn run_tunnel(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            r = udp.recv(&mut udp_buf) => {
-                let mut n = match r {
-                    Ok(n) => Some(n),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "udp recv");
-                        None
-                    }
-                };
-                // batch: drain what is already queued
-                for i in 0..64 {
-                    let Some(len) = n else { break };
-                    let ok = peer.decapsulate(SocketAddr::V4(endpoint), &udp_buf[..len], &mut out_buf, |o| match o {
-                        Out::Network(p) => to_net.push(p.to_vec()),
-                        Out::Tunnel(p) => to_tun.push(p.to_vec()),
+            r = udp.readable() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "udp readable");
+                    continue;
+                }
+                // a few batched receives (recvmmsg + GRO), then the other branches
+                for _ in 0..4 {
+                    let got = rbufs.try_recv(&udp, &udp_state, |_, d| {
+                        let ok = peer.decapsulate(ep, d, &mut out_buf, |o| match o {
+                            Out::Network(p) => {
+                                let _ = net_batch.push(p);
+                            }
+                            Out::Tunnel(p) => {
+                                if !is_probe_reply(p, cfg.tunnel_ip, stowaway_ip, probe_id) {
+                                    packet::clamp_mss(to_tun.push(p), max_mss);
+                                }
+                            }
+                        });
+                        match ok {
+                            Ok(()) => live.last_rx = Some(Instant::now()),
+                            Err(e) => {
+                                live.rx_errors += 1;
+                                tracing::debug!(error = %e, "datagram rejected");
+                            }
+                        }
                     });
-                    match ok {
-                        Ok(()) => live.last_rx = Some(Instant::now()),
-                        Err(e) => {
-                            live.rx_errors += 1;
-                            tracing::debug!(error = %e, "datagram rejected");
-                        }
-                    }
-                    for mut p in to_tun.drain(..) {
-                        if is_probe_reply(&p, cfg.tunnel_ip, stowaway_ip, probe_id) {
-                            continue;
-                        }
-                        packet::clamp_mss(&mut p, max_mss);
-                        if let Err(e) = tun.send(&p).await {
+                    if to_tun.n > 0 {
+                        if let Err(e) = tun.send_multiple(&mut gro, to_tun.filled(), tun_rs::VIRTIO_NET_HDR_LEN).await {
                             live.tun_errors += 1;
                             if live.tun_errors < 5 {
-                                tracing::warn!(error = %e, len = p.len(), "TUN write failed");
+                                tracing::warn!(error = %e, "TUN write failed");
                             }
                         }
                     }
-                    for d in to_net.drain(..) {
-                        let _ = udp.send(&d).await;
+                    to_tun.clear();
+                    if !net_batch.is_empty() {
+                        let _ = udpio::send_batch(&udp, &udp_state, ep, &net_batch).await;
+                        net_batch.clear();
                     }
-                    if i == 63 {
-                        break;
+                    match got {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "udp recv");
+                            break;
+                        }
                     }
-                    n = udp.try_recv(&mut udp_buf).ok();
                 }
             }
-            r = tun.recv(&mut tun_buf) => {
-                let mut n = r.ok();
-                for i in 0..64 {
-                    let Some(len) = n else { break };
-                    let p = &mut tun_buf[..len];
-                    if packet::ipv4(p).is_some() {
+            r = tun.recv_multiple(&mut tun_orig, &mut tun_bufs, &mut tun_sizes, 0) => {
+                let mut r = r;
+                // one TSO train (or packet) per read; a few reads per wake-up
+                for round in 0..16 {
+                    let n = match r {
+                        Ok(n) => n,
+                        Err(e) => {
+                            if e.kind() != std::io::ErrorKind::WouldBlock {
+                                tracing::debug!(error = %e, "TUN read");
+                            }
+                            break;
+                        }
+                    };
+                    for (b, &len) in tun_bufs.iter_mut().zip(tun_sizes.iter()).take(n) {
+                        let p = &mut b[..len];
+                        if packet::ipv4(p).is_none() {
+                            continue;
+                        }
                         packet::clamp_mss(p, max_mss);
-                        if let Ok(Some(d)) = peer.encapsulate(p, &mut out_buf) {
-                            let _ = udp.send(d).await;
+                        let need = (len + wg::WG_OVERHEAD + 16).max(148);
+                        if tx_batch.space(need).is_none() {
+                            let _ = udpio::send_batch(&udp, &udp_state, ep, &tx_batch).await;
+                            tx_batch.clear();
+                        }
+                        if let Some(space) = tx_batch.space(need) {
+                            if let Ok(Some(d)) = peer.encapsulate(p, space) {
+                                let n = d.len();
+                                tx_batch.commit(n);
+                            }
                         }
                         live.last_data_tx = Some(Instant::now());
                     }
-                    if i == 63 {
+                    if round == 15 {
                         break;
                     }
-                    n = tun.try_recv(&mut tun_buf).ok();
+                    r = tun.try_recv_multiple(&mut tun_orig, &mut tun_bufs, &mut tun_sizes, 0);
+                }
+                if !tx_batch.is_empty() {
+                    let _ = udpio::send_batch(&udp, &udp_state, ep, &tx_batch).await;
+                    tx_batch.clear();
                 }
             }
             _ = ticker.tick() => {
@@ -295,6 +331,35 @@ async fn run_tunnel(
         }
     }
     Ok(())
+}
+
+/// Decrypted packets for the TUN, each after [`tun_rs::VIRTIO_NET_HDR_LEN`]
+/// bytes of headroom, in buffers reused from batch to batch.
+#[derive(Default)]
+struct PacketQueue {
+    bufs: Vec<Vec<u8>>,
+    n: usize,
+}
+
+impl PacketQueue {
+    /// Copies a packet in; returns it (after the headroom) for in-place edits.
+    fn push(&mut self, p: &[u8]) -> &mut [u8] {
+        if self.n == self.bufs.len() {
+            self.bufs.push(Vec::with_capacity(2048));
+        }
+        let b = &mut self.bufs[self.n];
+        b.clear();
+        b.resize(tun_rs::VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(p);
+        self.n += 1;
+        &mut b[tun_rs::VIRTIO_NET_HDR_LEN..]
+    }
+    fn filled(&mut self) -> &mut [Vec<u8>] {
+        &mut self.bufs[..self.n]
+    }
+    fn clear(&mut self) {
+        self.n = 0;
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

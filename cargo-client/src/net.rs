@@ -11,6 +11,7 @@ pub fn create_tun(name: &str, ip: Ipv4Addr, mtu: u16) -> std::io::Result<tun_rs:
         .mtu(mtu)
         .ipv4(ip, proto::TUNNEL_PREFIX, None)
         .tx_queue_len(5000)
+        .offload(true)
         .enable(true)
         .build_async()
 }

@@ -14,6 +14,7 @@ pub mod dial;
 pub mod flow;
 pub mod health;
 pub mod peer;
+pub mod udpio;
 
 use bytes::BytesMut;
 use proto::cluster::BridgeSpec;
@@ -265,7 +266,10 @@ pub async fn run_with_routes(
     let keys = StaticKeys::from_private(settings.private_key);
     let public_key = proto::keys::Key(keys.public.to_bytes()).to_base64();
     let identifier = Identifier::new(keys.clone());
-    set_buffers(&udp);
+    let udp_state = match udpio::state(&udp, UDP_BUFFER) {
+        Ok(st) => Arc::new(st),
+        Err(e) => return Err(RunError::Udp(e)),
+    };
     let udp = Arc::new(udp);
     let (bridge_status_tx, bridge_status_rx) = watch::channel(Vec::new());
     let shared = Arc::new(Shared {
@@ -304,6 +308,7 @@ pub async fn run_with_routes(
         next_index: 1,
         keys: keys.clone(),
         udp: udp.clone(),
+        udp_state: udp_state.clone(),
         shared: shared.clone(),
         routes_tx,
     };
@@ -311,12 +316,13 @@ pub async fn run_with_routes(
     reg.apply(initial);
 
     tokio::pin!(shutdown);
-    let mut buf = BytesMut::with_capacity(1 << 20);
+    // datagrams are copied once from the receive slots into this arena and
+    // handed to the peers as `Bytes` (no allocation per datagram)
+    let mut arena = BytesMut::with_capacity(1 << 20);
+    let mut rbufs = udpio::RecvBufs::default();
+    let mut to_peers: Vec<([u8; 32], peer::Datagram)> = Vec::with_capacity(256);
     let mut peers_open = true;
     let result = loop {
-        if buf.capacity() < 65536 {
-            buf = BytesMut::with_capacity(1 << 20);
-        }
         tokio::select! {
             biased;
             _ = &mut shutdown => break Ok(()),
@@ -328,30 +334,50 @@ pub async fn run_with_routes(
                 let desired = peers_rx.borrow_and_update().clone();
                 reg.apply(desired);
             }
-            r = udp.recv_buf_from(&mut buf) => {
-                let (_, from) = match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // ICMP errors from earlier sends surface here; not fatal
-                        tracing::debug!(error = %e, "udp recv");
-                        buf.clear();
-                        continue;
-                    }
-                };
-                let data = buf.split().freeze();
-                let key = match identifier.identify(&data) {
-                    Some(Demux::Initiation(k)) => reg.peers.get(&k),
-                    Some(Demux::Index(i)) => reg.by_index.get(&i).and_then(|k| reg.peers.get(k)),
-                    None => None,
-                };
-                match key {
-                    Some(e) => {
-                        if e.udp_tx.send(peer::Datagram { from, data }).await.is_err() {
+            r = udp.readable() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "udp readable");
+                    continue;
+                }
+                // a few batches, then let the other branches run
+                for _ in 0..4 {
+                    let got = rbufs.try_recv(&udp, &udp_state, |from, d| {
+                        if arena.capacity() < d.len() {
+                            arena = BytesMut::with_capacity(1 << 20);
+                        }
+                        let key = match identifier.identify(d) {
+                            Some(Demux::Initiation(k)) => reg.peers.contains_key(&k).then_some(k),
+                            Some(Demux::Index(i)) => reg.by_index.get(&i).copied(),
+                            None => None,
+                        };
+                        match key {
+                            Some(k) => {
+                                arena.extend_from_slice(d);
+                                let data = arena.split().freeze();
+                                to_peers.push((k, peer::Datagram { from, data }));
+                            }
+                            None => {
+                                shared.counters.bad_packets.fetch_add(1, Relaxed);
+                            }
+                        }
+                    });
+                    for (k, d) in to_peers.drain(..) {
+                        let sent = match reg.peers.get(&k) {
+                            Some(e) => e.udp_tx.send(d).await.is_ok(),
+                            None => false,
+                        };
+                        if !sent {
                             shared.counters.bad_packets.fetch_add(1, Relaxed);
                         }
                     }
-                    None => {
-                        shared.counters.bad_packets.fetch_add(1, Relaxed);
+                    match got {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            // ICMP errors from earlier sends surface here; not fatal
+                            tracing::debug!(error = %e, "udp recv");
+                            break;
+                        }
                     }
                 }
             }
@@ -372,6 +398,7 @@ struct Registry {
     next_index: u32,
     keys: StaticKeys,
     udp: Arc<UdpSocket>,
+    udp_state: Arc<quinn_udp::UdpSocketState>,
     shared: Arc<Shared>,
     routes_tx: watch::Sender<Arc<Vec<dial::Route>>>,
 }
@@ -413,6 +440,7 @@ impl Registry {
                 index,
                 keys: self.keys.clone(),
                 udp: self.udp.clone(),
+                udp_state: self.udp_state.clone(),
                 shared: self.shared.clone(),
                 status: status.clone(),
                 udp_rx,
@@ -449,11 +477,8 @@ impl Registry {
     }
 }
 
-fn set_buffers(udp: &UdpSocket) {
-    let s = socket2::SockRef::from(udp);
-    let _ = s.set_recv_buffer_size(8 << 20);
-    let _ = s.set_send_buffer_size(8 << 20);
-}
+/// Socket buffer size of the WireGuard socket (each direction).
+pub const UDP_BUFFER: usize = 8 << 20;
 
 /// Binds the sockets of a config.
 pub async fn bind(

@@ -48,6 +48,8 @@ pub struct PeerTaskArgs {
     pub index: u32,
     pub keys: tunnel::StaticKeys,
     pub udp: Arc<UdpSocket>,
+    /// Batched I/O state of `udp` (GSO).
+    pub udp_state: Arc<quinn_udp::UdpSocketState>,
     pub shared: Arc<Shared>,
     pub status: Arc<PeerShared>,
     pub udp_rx: mpsc::Receiver<Datagram>,
@@ -87,6 +89,8 @@ struct UdpFlow {
 const MAX_UDP_FLOWS: usize = 1024;
 const TICK: Duration = Duration::from_millis(250);
 const BATCH: usize = 256;
+/// Bytes of encrypted datagrams sent in one go (GSO groups of up to 64 KB).
+const SEND_BATCH_BYTES: usize = 256 * 1024;
 
 pub async fn run(args: PeerTaskArgs) {
     let PeerTaskArgs {
@@ -94,6 +98,7 @@ pub async fn run(args: PeerTaskArgs) {
         index,
         keys,
         udp,
+        udp_state,
         shared,
         status,
         mut udp_rx,
@@ -112,6 +117,8 @@ pub async fn run(args: PeerTaskArgs) {
         allowed: cfg.subnet,
         cfg,
         udp,
+        udp_state,
+        batch: tunnel::DatagramBatch::new(SEND_BATCH_BYTES),
         shared,
         status,
         buf: vec![0u8; wg::BUF_SIZE],
@@ -184,6 +191,9 @@ struct Peer {
     wg: WgPeer,
     stack: NetStack,
     udp: Arc<UdpSocket>,
+    udp_state: Arc<quinn_udp::UdpSocketState>,
+    /// Encrypted datagrams waiting for one batched (GSO) send.
+    batch: tunnel::DatagramBatch,
     shared: Arc<Shared>,
     status: Arc<PeerShared>,
     buf: Vec<u8>,
@@ -545,20 +555,37 @@ impl Peer {
                 let _ = self.udp.send_to(&d, ep).await;
             }
         }
+        let Some(ep) = ep else {
+            while let Some(p) = self.stack.pop_output() {
+                self.stack.recycle(p);
+            }
+            return;
+        };
         while let Some(p) = self.stack.pop_output() {
-            match self.wg.encapsulate(&p, &mut self.buf) {
-                Ok(Some(d)) => {
-                    if let Some(ep) = ep {
-                        if let Err(e) = self.udp.send_to(d, ep).await {
-                            tracing::debug!(error = %e, "udp send");
-                        }
-                    }
+            let need = p.len() + wg::WG_OVERHEAD + 16;
+            if self.batch.space(need).is_none() {
+                self.send_batch(ep).await;
+            }
+            if let Some(space) = self.batch.space(need.max(148)) {
+                if let Ok(Some(d)) = self.wg.encapsulate(&p, space) {
+                    let n = d.len();
+                    self.batch.commit(n);
                 }
-                Ok(None) => {}
-                Err(_) => {}
             }
             self.stack.recycle(p);
         }
+        self.send_batch(ep).await;
+    }
+
+    async fn send_batch(&mut self, ep: SocketAddr) {
+        if self.batch.is_empty() {
+            return;
+        }
+        if let Err(e) = crate::udpio::send_batch(&self.udp, &self.udp_state, ep, &self.batch).await
+        {
+            tracing::debug!(error = %e, "udp send");
+        }
+        self.batch.clear();
     }
 
     async fn tick(&mut self) {

@@ -4,10 +4,12 @@
 //! No sockets and no clock here: callers pass buffers and `Instant`s.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod packet;
 pub mod stack;
 pub mod wg;
 
+pub use batch::{DatagramBatch, Group};
 pub use stack::{FourTuple, Input, NetStack, StackConfig};
 pub use wg::{Demux, Identifier, Out, StaticKeys, WgError, WgPeer};
 
