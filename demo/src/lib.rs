@@ -128,7 +128,10 @@ where
                 let handle = handle.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(req).await) }
             });
+            // half_close: a client may shut its write side while it waits for the answer (nc,
+            // HTTP/1.0 clients); without it hyper drops the request on that EOF
             let _ = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });

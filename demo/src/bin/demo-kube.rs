@@ -8,12 +8,15 @@
 //! demo-kube wait-ready NS DEPLOY [SECS]  wait for the rollout: one Ready Pod; prints "POD POD_IP"
 //! demo-kube service-ip NS SVC            prints the Service's ClusterIP
 //! demo-kube images NS POD                prints "CONTAINER IMAGE" of the Pod's running containers
+//! demo-kube remove-gefyra NS [SECS]      remove gefyra's cluster side (namespace NS) unless another
+//!                                        client is still registered there (what `gefyra down --all`
+//!                                        does, without touching other connections' local containers)
 //! ```
 #![forbid(unsafe_code)]
 
 use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, ApiResource, Scope};
@@ -24,8 +27,9 @@ use std::time::{Duration, Instant};
 
 const MANAGER: &str = "gefyra-demo";
 
-const USAGE: &str = "usage: demo-kube apply FILE|- | delete FILE|- [SECS] | exists KIND NAME [NS] | \
-wait-ready NS DEPLOY [SECS] | service-ip NS SVC | images NS POD";
+const USAGE: &str =
+    "usage: demo-kube apply FILE|- | delete FILE|- [SECS] | exists KIND NAME [NS] | \
+wait-ready NS DEPLOY [SECS] | service-ip NS SVC | images NS POD | remove-gefyra NS [SECS]";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -43,7 +47,9 @@ async fn run(args: &[String]) -> Result<i32> {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let secs = |s: Option<&&str>, d: u64| -> Result<Duration> {
         Ok(Duration::from_secs(match s {
-            Some(s) => s.parse().with_context(|| format!("{s}: not a number of seconds"))?,
+            Some(s) => s
+                .parse()
+                .with_context(|| format!("{s}: not a number of seconds"))?,
             None => d,
         }))
     };
@@ -115,6 +121,11 @@ async fn run(args: &[String]) -> Result<i32> {
             }
             Ok(0)
         }
+        ["remove-gefyra", ns, rest @ ..] => {
+            let client = client().await?;
+            remove_gefyra(&client, ns, secs(rest.first(), 120)?).await?;
+            Ok(0)
+        }
         _ => {
             eprintln!("{USAGE}");
             Ok(2)
@@ -153,7 +164,10 @@ fn read_docs(file: &str) -> Result<Vec<DynamicObject>> {
 
 /// The API of an object's kind (discovered), namespaced where the kind is.
 async fn api_for(client: &Client, o: &DynamicObject) -> Result<(Api<DynamicObject>, String)> {
-    let t = o.types.as_ref().ok_or_else(|| anyhow!("no apiVersion/kind"))?;
+    let t = o
+        .types
+        .as_ref()
+        .ok_or_else(|| anyhow!("no apiVersion/kind"))?;
     let (group, version) = match t.api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None => ("", t.api_version.as_str()),
@@ -169,7 +183,11 @@ async fn api_for(client: &Client, o: &DynamicObject) -> Result<(Api<DynamicObjec
             format!("{}/{name}", t.kind.to_lowercase()),
         ),
         Scope::Namespaced => {
-            let ns = o.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = o
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
             (
                 Api::namespaced_with(client.clone(), &ns, &ar),
                 format!("{}/{name} in {ns}", t.kind.to_lowercase()),
@@ -295,4 +313,59 @@ async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Deletes gefyra's namespace (stowaway first, so the namespace goes in one pass) unless a client
+/// or bridge ConfigMap shows that someone else still uses it.
+async fn remove_gefyra(client: &Client, ns: &str, wait: Duration) -> Result<()> {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    if nss.get_opt(ns).await?.is_none() {
+        println!("namespace {ns} is not there");
+        return Ok(());
+    }
+    let users = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("gefyra.dev/role in (client,bridge)"))
+        .await?
+        .items
+        .len();
+    if users > 0 {
+        println!("namespace {ns} kept: {users} other client registration(s) or bridge(s) in use");
+        return Ok(());
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    match deployments
+        .delete("gefyra-stowaway", &DeleteParams::background())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e).context("delete the stowaway Deployment"),
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + wait;
+    while !pods.list(&ListParams::default()).await?.items.is_empty() && Instant::now() < deadline {
+        let _ = pods
+            .delete_collection(
+                &DeleteParams {
+                    grace_period_seconds: Some(1),
+                    ..DeleteParams::background()
+                },
+                &ListParams::default(),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    match nss.delete(ns, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e).with_context(|| format!("delete namespace {ns}")),
+    }
+    while nss.get_opt(ns).await?.is_some() {
+        if Instant::now() > deadline {
+            bail!("namespace {ns} still exists after {} s", wait.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("namespace {ns} removed");
+    Ok(())
 }
