@@ -19,8 +19,8 @@
 #      Service (from a container on docker0, i.e. inside the cluster's network) answered by the LOCAL
 #      container (500, its log shows the request and the sidecar's token); the source fixed; the next
 #      request shows the e-mail; unbridge (the cluster's app answers again); down
-#   5. cleans up: the demo workload, what gefyra created (`down --all` when the cluster side was not
-#      there before), the temporary source copy; the bed goes down again if the demo started it
+#   5. cleans up: the demo workload, gefyra's cluster side when it was not there before (and no other
+#      client uses it), the temporary source copy; the bed goes down again if the demo started it
 #      (unless --keep-bed). Exit 0 only when every step passed.
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -95,9 +95,11 @@ cleanup() {
     gefyra down >"$LOG/cleanup-down.log" 2>&1 || echo "    (gefyra down failed: $LOG/cleanup-down.log)"
   fi
   if [ $DEPLOYED = 1 ]; then
-    if [ $GEFYRA_NS_BEFORE = 0 ] && [ -x "$BIN/gefyra" ]; then
-      doing "gefyra down --all    # the cluster side was not there before the demo"
-      gefyra down --all 2>&1 | indent
+    if [ $GEFYRA_NS_BEFORE = 0 ]; then
+      # what `gefyra down --all` does on the cluster side; --all would also remove every other
+      # local connection's containers, which are not the demo's to remove
+      doing "demo-kube remove-gefyra gefyra    # the cluster side was not there before the demo"
+      "$BIN/demo-kube" remove-gefyra gefyra 120 2>&1 | indent
     fi
     doing "demo-kube delete demo/oauth2-demo.yaml"
     if sed -e "s|REGISTRY|$GEFYRA_REGISTRY|g" -e "s|VERSION|$VERSION|g" demo/oauth2-demo.yaml |
@@ -200,6 +202,11 @@ else
   BED_STARTED=1
   doing "testbed/bed.sh up    # a cold machine builds Kubernetes v1.20.2 once (~6-11 min, cached)"
   if testbed/bed.sh up >"$LOG/bed-up.log" 2>&1; then
+    if grep -q "already up" "$LOG/bed-up.log"; then
+      # another bed.sh brought it up meanwhile (bed.sh holds a lock): not ours to take down
+      BED_STARTED=0
+      BED_WAS_UP=1
+    fi
     ok "test bed up: Kubernetes v1.20.2, registry 127.0.0.1:5000, cluster DNS"
   else
     tail -n 15 "$LOG/bed-up.log" | indent
@@ -278,8 +285,10 @@ chmod 0755 "$SRC"
 echo Email >"$SRC/claim"
 chmod 0644 "$SRC/claim"
 echo "  local source $SRC/claim: $(cat "$SRC/claim")   (the app runs as uid 65532 and re-reads it per request)"
-if run "gefyra run -d -i $APP_IMAGE -N $LOCAL -n $NS -v $SRC:/app -c \"/usr/local/bin/demo-app\"" \
-  gefyra run -d -i "$APP_IMAGE" -N $LOCAL -n $NS -v "$SRC:/app" -c "/usr/local/bin/demo-app"; then
+echo "  (the tutorial's -c \"... uvicorn --reload\" is not needed: the image's entrypoint is the app, and it"
+echo "   re-reads its source on every request; -d runs it in the background instead of following its log)"
+if run "gefyra run -d -i $APP_IMAGE -N $LOCAL -n $NS -v $SRC:/app" \
+  gefyra run -d -i "$APP_IMAGE" -N $LOCAL -n $NS -v "$SRC:/app"; then
   ok "local container $LOCAL runs (namespace $NS, the image the cluster runs)"
 else
   die "gefyra run failed"
