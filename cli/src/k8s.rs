@@ -619,8 +619,10 @@ pub async fn uninstall(c: &Cluster, ns: &str, timeout: Duration) -> Result<bool>
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), ns);
     let _ = pods
         .delete_collection(
+            // stowaway keeps no state: remove the Pod objects at once (the kubelet
+            // stops the containers afterwards) instead of waiting on a slow kubelet
             &DeleteParams {
-                grace_period_seconds: Some(1),
+                grace_period_seconds: Some(0),
                 ..DeleteParams::background()
             },
             &ListParams::default().labels(&stowaway_selector()),
