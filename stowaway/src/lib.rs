@@ -80,10 +80,23 @@ impl Settings {
             mtu: cfg.mtu,
             dns_upstream,
             pod_ip,
-            tcp_buffer: 512 * 1024,
+            tcp_buffer: tcp_buffer_from_env(),
         })
     }
 }
+
+/// smoltcp buffer per direction per TCP flow: env GEFYRA_TCP_BUFFER (bytes,
+/// 64 KiB..16 MiB), default [`DEFAULT_TCP_BUFFER`].
+fn tcp_buffer_from_env() -> usize {
+    std::env::var("GEFYRA_TCP_BUFFER")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(|b| b.clamp(64 * 1024, 16 << 20))
+        .unwrap_or(DEFAULT_TCP_BUFFER)
+}
+
+/// Default smoltcp buffer per direction per TCP flow.
+pub const DEFAULT_TCP_BUFFER: usize = 512 * 1024;
 
 fn parse_upstream(s: &str) -> Option<SocketAddr> {
     let s = s.trim();

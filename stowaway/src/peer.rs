@@ -122,6 +122,7 @@ pub async fn run(args: PeerTaskArgs) {
         shared,
         status,
         buf: vec![0u8; wg::BUF_SIZE],
+        rx_pkt: Vec::with_capacity(2048),
         tcp: HashMap::new(),
         by_handle: HashMap::new(),
         udp_flows: HashMap::new(),
@@ -197,6 +198,8 @@ struct Peer {
     shared: Arc<Shared>,
     status: Arc<PeerShared>,
     buf: Vec<u8>,
+    /// The packet being handed to the stack (reused).
+    rx_pkt: Vec<u8>,
     tcp: HashMap<FlowId, TcpFlow>,
     by_handle: HashMap<SocketHandle, FlowId>,
     udp_flows: HashMap<FlowId, UdpFlow>,
@@ -216,19 +219,20 @@ impl Peer {
     }
 
     fn on_datagram(&mut self, d: Datagram) {
-        let mut packets: Vec<Vec<u8>> = Vec::new();
+        // the decrypted packet goes through a reused buffer (no allocation per packet)
+        let mut pkt = std::mem::take(&mut self.rx_pkt);
+        pkt.clear();
         let Peer { wg, buf, out, .. } = self;
         let res = wg.decapsulate(d.from, &d.data, buf, |o| match o {
             tunnel::Out::Network(p) => out.push(p.to_vec()),
-            tunnel::Out::Tunnel(p) => packets.push(p.to_vec()),
+            tunnel::Out::Tunnel(p) => pkt.extend_from_slice(p),
         });
         if res.is_err() {
             self.shared.counters.bad_packets.fetch_add(1, Relaxed);
-            return;
+        } else if !pkt.is_empty() {
+            self.on_ip(&pkt);
         }
-        for p in packets {
-            self.on_ip(&p);
-        }
+        self.rx_pkt = pkt;
     }
 
     fn on_ip(&mut self, p: &[u8]) {
