@@ -334,6 +334,9 @@ sink_up() {
   ip route replace "$SERVICE_CIDR" dev "$SINK"
   [[ $(ip route get "$KUBERNETES_SVC_IP") == *"dev $SINK"* ]] || die "sink route for $SERVICE_CIDR missing"
   iptables -w 5 -N "$SINKCHAIN" 2>/dev/null || iptables -w 5 -F "$SINKCHAIN"
+  # frames bridged between two containers of one Docker network (a dev container -> its gateway, cargo)
+  # pass iptables too (bridge-nf-call-iptables): they never leave that bridge, so they are not ours
+  iptables -w 5 -A "$SINKCHAIN" -m physdev --physdev-is-bridged -j RETURN
   iptables -w 5 -A "$SINKCHAIN" -d "$SERVICE_CIDR" -j DROP
   local c
   for c in OUTPUT FORWARD; do
@@ -393,6 +396,9 @@ nodeguard_down() {
 #    NODE_IP. Matched on the destination before DNAT, so only the tunnel can carry such traffic.
 devnet_rules() {
   local ip=$1 p
+  # frames bridged within one Docker network (a dev container -> cargo, its gateway on the same
+  # bridge) go through iptables too (bridge-nf-call-iptables); they stay on that bridge: let them be
+  echo "-m physdev --physdev-is-bridged -m comment --comment $DEVNET_TAG -j RETURN"
   # the sink's DROP again, first in FORWARD (Docker moves its own accepts above KLOCAL-SINK when it
   # creates a network): after nat, a service-CIDR destination means nobody DNATed it
   echo "-d $SERVICE_CIDR -m comment --comment $DEVNET_TAG -j DROP"
@@ -415,6 +421,12 @@ devnet_up() {
     iptables -w 5 -D FORWARD -j DOCKER-USER 2>/dev/null || true
     iptables -w 5 -I FORWARD -j DOCKER-USER
   fi
+  # kube-proxy's nat PREROUTING would DNAT a bridged dev container -> cargo frame addressed to a
+  # ClusterIP to a Pod, and the host would then route it to the Pod around the tunnel: traffic that
+  # enters from another Docker bridge to the service CIDR is never DNATed (then the sink drops it,
+  # unless it is bridged to cargo, which carries it through the tunnel)
+  iptables -w 5 -t nat -C PREROUTING -i br-+ -d "$SERVICE_CIDR" -m comment --comment "$DEVNET_TAG" -j RETURN 2>/dev/null ||
+    iptables -w 5 -t nat -I PREROUTING 1 -i br-+ -d "$SERVICE_CIDR" -m comment --comment "$DEVNET_TAG" -j RETURN
   iptables -w 5 -N "$DEVNET_IN" 2>/dev/null || iptables -w 5 -F "$DEVNET_IN"
   iptables -w 5 -A "$DEVNET_IN" -i br-+ -m conntrack --ctorigdst "$SERVICE_CIDR" -j DROP
   iptables -w 5 -C INPUT -j "$DEVNET_IN" 2>/dev/null || iptables -w 5 -I INPUT -j "$DEVNET_IN"
@@ -427,6 +439,7 @@ devnet_down() {
       while iptables -w 5 -D DOCKER-USER $r 2>/dev/null; do :; done
     done < <(devnet_rules "$ip")
   fi
+  while iptables -w 5 -t nat -D PREROUTING -i br-+ -d "$SERVICE_CIDR" -m comment --comment "$DEVNET_TAG" -j RETURN 2>/dev/null; do :; done
   while iptables -w 5 -D INPUT -j "$DEVNET_IN" 2>/dev/null; do :; done
   iptables -w 5 -F "$DEVNET_IN" 2>/dev/null || true
   iptables -w 5 -X "$DEVNET_IN" 2>/dev/null || true
