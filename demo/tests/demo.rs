@@ -78,6 +78,15 @@ async fn tutorial_bug_and_fix_through_the_sidecar() {
         serde_json::json!({"item_id": 123, "Email": "john@gefyra.dev"})
     );
     assert_eq!(get(side_addr, "/items/abc").await.0, 422);
+    // a client that half-closes while it waits (nc, HTTP/1.0) still gets its answer
+    let mut s = TcpStream::connect(side_addr).await.unwrap();
+    s.write_all(b"GET /items/9 HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    assert!(buf.starts_with("HTTP/1.0 200"), "{buf}");
 
     // clean shutdown of both
     stop_tx.send(true).unwrap();
