@@ -26,7 +26,16 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+/// The probe policy (shown by `gefyra bridge --help`).
+pub const PROBE_POLICY: &str = "Probes: httpGet and tcpSocket probes keep passing while bridged (carrier \
+answers the kubelet's httpGet probes itself and listens on every bridged port). A container with an exec \
+probe, or whose `command` starts with a program the carrier image does not provide, is REFUSED before \
+anything changes, with the reason: change the probe to httpGet/tcpSocket (or start the container through \
+a shell) to bridge it. Carrier is pulled by the kubelet with the container's imagePullPolicy from \
+--registry (default: the registry `gefyra up` used).";
+
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = PROBE_POLICY)]
 pub struct BridgeArgs {
     /// The local dev container that receives the traffic (started with `gefyra run`)
     #[arg(short = 'N', long, value_parser = args::container_name)]
@@ -60,6 +69,9 @@ pub struct BridgeArgs {
     /// Name of the bridge
     #[arg(short = 'I', long = "bridge-name")]
     pub bridge_name: Option<String>,
+    /// Registry the cluster pulls carrier from (default: the one `gefyra up` used)
+    #[arg(long, value_name = "REGISTRY")]
+    pub registry: Option<String>,
     /// Seconds to wait for the bridge to be active
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -278,6 +290,15 @@ pub async fn bridge(g: &Global, a: BridgeArgs) -> Result<i32> {
         );
     }
 
+    let carrier_image = match &a.registry {
+        Some(r) => proto::image_ref(r, proto::IMAGE_CARRIER, proto::VERSION),
+        None if !st.carrier_image.is_empty() => st.carrier_image.clone(),
+        None => proto::image_ref(
+            proto::DEFAULT_REGISTRY,
+            proto::IMAGE_CARRIER,
+            proto::VERSION,
+        ),
+    };
     let cluster = k8s::connect(g.kubeconfig.as_deref(), g.context.as_deref()).await?;
     let pods = target_pods(&cluster, &a.namespace, kind, &wname).await?;
     if pods.is_empty() {
@@ -439,7 +460,7 @@ pub async fn bridge(g: &Global, a: BridgeArgs) -> Result<i32> {
         let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &a.namespace);
         for (pod, _, original) in &bridged {
             ui::info(format!("Creating bridge for Pod {pod}"));
-            let patch = bridge_patch(&bridge_name, &container_name, original, &st.carrier_image);
+            let patch = bridge_patch(&bridge_name, &container_name, original, &carrier_image);
             pods_api
                 .patch(pod, &PatchParams::default(), &Patch::Strategic(&patch))
                 .await
