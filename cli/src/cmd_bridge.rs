@@ -466,12 +466,20 @@ pub async fn bridge(g: &Global, a: BridgeArgs) -> Result<i32> {
                 .await
                 .with_context(|| format!("cannot patch pod {pod}"))?;
         }
+        let names: Vec<String> = bridged.iter().map(|(n, _, _)| n.clone()).collect();
+        let pull = PullCheck {
+            pods: &pods_api,
+            names: &names,
+            container: &container_name,
+            image: &carrier_image,
+        };
         wait_active(
             &cluster,
             &st.namespace,
             &bridge_name,
             bridged.len(),
             Duration::from_secs(a.timeout),
+            Some(pull),
         )
         .await
     }
@@ -506,19 +514,65 @@ pub async fn bridge(g: &Global, a: BridgeArgs) -> Result<i32> {
 }
 
 /// Waits until stowaway reports every carrier configured and the routes open.
+/// The bridged Pods, checked while waiting: a carrier image the kubelet cannot pull fails the
+/// bridge at once (waiting will not fix it) instead of at the timeout.
+pub struct PullCheck<'a> {
+    pub pods: &'a Api<Pod>,
+    pub names: &'a [String],
+    pub container: &'a str,
+    pub image: &'a str,
+}
+
+impl PullCheck<'_> {
+    async fn check(&self) -> Result<()> {
+        for n in self.names {
+            let Some(p) = self.pods.get_opt(n).await? else {
+                continue;
+            };
+            let waiting = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.name == self.container)
+                .and_then(|c| c.state)
+                .and_then(|s| s.waiting);
+            if let Some(w) = waiting {
+                let reason = w.reason.unwrap_or_default();
+                if matches!(
+                    reason.as_str(),
+                    "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
+                ) {
+                    bail!(
+                        "the cluster cannot pull {} for Pod {n} ({reason}: {}); push the carrier image to a registry the cluster reaches (images/push.sh REGISTRY) and pass --registry",
+                        self.image,
+                        k8s::one_line(&w.message.unwrap_or_default())
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn wait_active(
     c: &Cluster,
     ns: &str,
     name: &str,
     pods: usize,
     timeout: Duration,
+    pull: Option<PullCheck<'_>>,
 ) -> Result<()> {
+    let pull = &pull;
     ui::info("Waiting for the bridge(s) to become active");
     ui::wait_for(
         &format!("bridge {name} to become active"),
         timeout,
         Duration::from_secs(1),
         || async move {
+            if let Some(p) = pull {
+                p.check().await?;
+            }
             let Some(pod) = k8s::stowaway_pod(c, ns).await? else {
                 return Ok(Wait::NotYet("stowaway not ready".into()));
             };
