@@ -64,7 +64,18 @@ for (label, mode), vals in sorted(runs.items()):
     daemon = extra[(label, mode)][-1][-1] if extra[(label, mode)] else ""
     retr = ",".join(e[1] for e in extra[(label, mode)])
     bg = ",".join(e[5] for e in extra[(label, mode)] if len(e) > 5)
-    rows.append(f"| {label} | {streams} | {direction} | **{med:.3f}** | {', '.join(f'{v:.3f}' for v in vals)} | {retr} | {bg} | {daemon} |")
+    # CPU cost: daemon cores (all processes of the path) per Gbit/s, median of the runs
+    per = []
+    for v, e in zip(vals, extra[(label, mode)]):
+        try:
+            cores = sum(float(x.split("=")[1]) for x in e[-1].split() if "=" in x)
+        except (ValueError, IndexError):
+            continue
+        if cores > 0 and v == v and v > 0:
+            per.append(cores / v)
+    cpg = f"{statistics.median(per):.2f}" if per else "n/a"
+    results[-1]["daemon_cores_per_gbit"] = round(statistics.median(per), 3) if per else None
+    rows.append(f"| {label} | {streams} | {direction} | **{med:.3f}** | {', '.join(f'{v:.3f}' for v in vals)} | {retr} | {bg} | {daemon} | {cpg} |")
 
 with open(results_json, "w") as fh:
     json.dump({"commit": git("rev-parse", "HEAD"), "kernel": platform.release(), "cpu": cpu,
@@ -88,7 +99,7 @@ with open(report_md, "w") as fh:
     fh.write("- paths: `veth` = plain veth; `gefyra` = cargo-client (TUN) -> UDP -> stowaway (smoltcp ends TCP, kernel socket to the server); ")
     fh.write("`boringtun-t4` = boringtun-cli both ends; `wireguard-go` = wireguard-go both ends; `socat-relay` = socat TCP relay\n")
     fh.write("- up = client namespace sends; down = `iperf3 -R`\n\n")
-    fh.write("| path | streams | direction | Gbit/s (median) | runs | tcp retrans | bg busy cores before each run | daemon cores (last run) |\n|---|---|---|---|---|---|---|---|\n")
+    fh.write("| path | streams | direction | Gbit/s (median) | runs | tcp retrans | bg busy cores before each run | daemon cores (last run) | daemon cores per Gbit/s |\n|---|---|---|---|---|---|---|---|---|\n")
     fh.write("\n".join(rows) + "\n\n")
     fh.write("## gefyra vs boringtun-cli\n\n| streams | direction | ratio |\n|---|---|---|\n")
     for s in (1, 4):
