@@ -30,6 +30,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 step "test bed up"
+# a bed whose processes are gone (a reboot, an ended session) leaves state behind: clean it first
+if [ -d /var/cache/gefyra/k8s/run ] && ! testbed/bed.sh status >/dev/null 2>&1; then
+  step "the test bed is not (fully) running: cleaning its leftovers"
+  testbed/bed.sh down || true
+fi
 testbed/bed.sh up
 eval "$(testbed/bed.sh env)"
 export KUBECONFIG GEFYRA_REGISTRY
