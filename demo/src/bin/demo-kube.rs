@@ -223,25 +223,23 @@ async fn apply(client: &Client, docs: &[DynamicObject]) -> Result<()> {
     Ok(())
 }
 
+/// Deletes in reverse order, each object gone before the next: a namespace whose Pods are already
+/// gone is removed in one pass of the namespace controller (otherwise it retries with back-off).
 async fn delete(client: &Client, docs: &[DynamicObject], wait: Duration) -> Result<()> {
-    let mut apis = Vec::new();
+    let deadline = Instant::now() + wait;
     for o in docs.iter().rev() {
         let (api, what) = api_for(client, o).await?;
         let name = o.metadata.name.clone().unwrap_or_default();
         match api.delete(&name, &DeleteParams::foreground()).await {
             Ok(_) => println!("deleting {what}"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
             Err(e) => return Err(e).with_context(|| format!("delete {what}")),
         }
-        apis.push((api, name, what));
-    }
-    let deadline = Instant::now() + wait;
-    for (api, name, what) in apis {
         while api.get_opt(&name).await?.is_some() {
             if Instant::now() > deadline {
                 bail!("{what} still exists after {} s", wait.as_secs());
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
     Ok(())
