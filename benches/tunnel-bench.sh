@@ -325,6 +325,7 @@ t_socat() {
 NICE=${NICE--20}
 [ -n "$NICE" ] && renice -n "$NICE" -p $$ >/dev/null
 TESTS=${*:-"veth gefyra boringtun wggo socat"}
+BENCH_COMMIT=${BENCH_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null)}; export BENCH_COMMIT
 : > "$SUMMARY"
 {
   echo "# $(date -Is) host: $(uname -r), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2))"
