@@ -244,15 +244,28 @@ impl Peer {
             self.shared.counters.dropped_packets.fetch_add(1, Relaxed);
             return;
         }
+        // The tunnel subnet is virtual: no address in it but stowaway's own exists in the cluster, so
+        // nothing addressed there may be re-originated out of the Pod (it would leave for whatever
+        // network happens to use that range).
+        if ip.dst != self.shared.settings.tunnel_ip && in_tunnel_net(ip.dst) {
+            self.shared.counters.dropped_packets.fetch_add(1, Relaxed);
+            return;
+        }
         match self.stack.input(p) {
             Input::Queued => {}
             Input::NewTcp { handle, tuple } => {
                 let id = self.next_id;
                 self.next_id += 1;
                 let mut dst = tuple.local;
-                if *dst.ip() == self.shared.settings.tunnel_ip && dst.port() == 53 {
-                    if let SocketAddr::V4(up) = self.shared.settings.dns_upstream {
-                        dst = up;
+                if *dst.ip() == self.shared.settings.tunnel_ip {
+                    // stowaway's tunnel address serves DNS only: any other port is refused (RST)
+                    match self.shared.settings.dns_upstream {
+                        SocketAddr::V4(up) if dst.port() == 53 => dst = up,
+                        _ => {
+                            self.stack.tcp(handle).abort();
+                            self.shared.counters.dropped_packets.fetch_add(1, Relaxed);
+                            return;
+                        }
                     }
                 }
                 tracing::debug!(flow = id, src = %tuple.remote, dst = %dst, "tcp flow");
@@ -302,6 +315,10 @@ impl Peer {
                     return;
                 }
                 let is_dns = *dst.ip() == self.shared.settings.tunnel_ip && dst.port() == 53;
+                if *dst.ip() == self.shared.settings.tunnel_ip && !is_dns {
+                    self.shared.counters.dropped_packets.fetch_add(1, Relaxed);
+                    return;
+                }
                 let target = if is_dns {
                     match self.shared.settings.dns_upstream {
                         SocketAddr::V4(a) => a,
@@ -616,5 +633,25 @@ impl Peer {
                 *e = ep;
             }
         }
+    }
+}
+
+/// Whether `ip` lies in the tunnel subnet (`proto::TUNNEL_NET`/`proto::TUNNEL_PREFIX`).
+fn in_tunnel_net(ip: Ipv4Addr) -> bool {
+    let mask = u32::MAX << (32 - u32::from(proto::TUNNEL_PREFIX));
+    u32::from(ip) & mask == u32::from(proto::TUNNEL_NET) & mask
+}
+
+#[cfg(test)]
+mod tunnel_net_tests {
+    use super::in_tunnel_net;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn tunnel_subnet_is_recognised() {
+        assert!(in_tunnel_net(Ipv4Addr::new(192, 168, 99, 1)));
+        assert!(in_tunnel_net(Ipv4Addr::new(192, 168, 99, 254)));
+        assert!(!in_tunnel_net(Ipv4Addr::new(192, 168, 98, 1)));
+        assert!(!in_tunnel_net(Ipv4Addr::new(10, 96, 0, 1)));
     }
 }
