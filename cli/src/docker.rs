@@ -617,13 +617,28 @@ pub async fn wait_handshake(
     timeout: Duration,
 ) -> Result<proto::status::CargoStatus> {
     let name = cargo_name(connection);
+    // kube-proxy before v1.21 never clears conntrack entries of UDP NodePorts: packets cargo sent
+    // before the NodePort's DNAT rule existed pin an un-NATed flow that cargo's own retries keep
+    // alive, so the handshake never comes. Restarted once, cargo dials from a new source port.
+    let t0 = std::time::Instant::now();
+    let mut restart_once = true;
     ui::wait_for(
         "the WireGuard handshake with stowaway",
         timeout,
         Duration::from_millis(500),
         || {
             let name = name.clone();
+            let restart = restart_once && t0.elapsed() >= Duration::from_secs(10);
+            restart_once &= !restart;
             async move {
+                if restart {
+                    tracing::info!(container = %name, "no handshake after 10 s: restarting cargo (new UDP flow)");
+                    let opts = bollard::query_parameters::RestartContainerOptions {
+                        t: Some(1),
+                        ..Default::default()
+                    };
+                    let _ = d.restart_container(&name, Some(opts)).await;
+                }
                 match container_running(d, &name).await? {
                     Some(true) => {}
                     Some(false) => {
