@@ -99,12 +99,15 @@ cleanup() {
       # what `gefyra down --all` does on the cluster side; --all would also remove every other
       # local connection's containers, which are not the demo's to remove
       doing "demo-kube remove-gefyra gefyra    # the cluster side was not there before the demo"
+      t=$SECONDS
       "$BIN/demo-kube" remove-gefyra gefyra 120 2>&1 | indent
+      echo "    ($((SECONDS - t))s)"
     fi
     doing "demo-kube delete demo/oauth2-demo.yaml"
+    t=$SECONDS
     if sed -e "s|REGISTRY|$GEFYRA_REGISTRY|g" -e "s|VERSION|$VERSION|g" demo/oauth2-demo.yaml |
       "$BIN/demo-kube" delete - 120 2>&1 | indent; then
-      echo "    namespace $NS removed"
+      echo "    namespace $NS removed ($((SECONDS - t))s)"
     fi
   fi
   [ -n "$SRC" ] && rm -rf "$SRC"
