@@ -22,6 +22,8 @@
 #   5. cleans up: the demo workload, gefyra's cluster side when it was not there before (and no other
 #      client uses it), the temporary source copy; the bed goes down again if the demo started it
 #      (unless --keep-bed). Exit 0 only when every step passed.
+# Uses gefyra's default connection and ~/.config/gefyra like a user would: do not run it while the
+# end-to-end tests run on the same bed (they use the default connection too and `down --all`).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
@@ -30,7 +32,7 @@ KEEP_BED=0
 for a in "$@"; do
   case $a in
     --keep-bed) KEEP_BED=1 ;;
-    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,/^set /p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown argument $a (--keep-bed, --help)" >&2; exit 64 ;;
   esac
 done
