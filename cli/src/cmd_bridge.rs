@@ -621,6 +621,17 @@ async fn restore_pod(
     else {
         return Ok(false);
     };
+    // The kubelet's status can lag behind the container that really runs: right after a bridge it
+    // may still report the original image although carrier already runs. Count restarts: the
+    // original runs again once the container restarted after this patch (or, when the kubelet never
+    // acted on the carrier image, it keeps running the original with no restart at all).
+    let restarts_before = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == container))
+        .map(|c| c.restart_count)
+        .unwrap_or(0);
     pods.patch(
         pod,
         &PatchParams::default(),
@@ -628,6 +639,7 @@ async fn restore_pod(
     )
     .await
     .with_context(|| format!("cannot restore pod {pod}"))?;
+    let patched_at = std::time::Instant::now();
     let pods = pods.clone();
     ui::wait_for(
         &format!("pod {pod} to run {original} again"),
@@ -649,9 +661,14 @@ async fn restore_pod(
                 Ok(match cs {
                     Some(c)
                         if image_matches(&c.image, &original)
-                            && c.state.as_ref().and_then(|s| s.running.as_ref()).is_some() =>
+                            && c.state.as_ref().and_then(|s| s.running.as_ref()).is_some()
+                            && (c.restart_count > restarts_before
+                                || patched_at.elapsed() > Duration::from_secs(15)) =>
                     {
                         Wait::Done(())
+                    }
+                    Some(c) if image_matches(&c.image, &original) => {
+                        Wait::NotYet("waiting for the container to restart".into())
                     }
                     Some(c) => Wait::NotYet(format!("container runs {}", c.image)),
                     None => Wait::NotYet("no status".into()),
