@@ -20,7 +20,7 @@ use tokio::net::UdpSocket;
 use tunnel::{packet, wg, Out, StaticKeys, WgPeer};
 
 pub mod net;
-pub mod udpio;
+pub use udpio;
 
 /// Time between forced handshakes while stowaway does not answer.
 pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(2500);

@@ -14,7 +14,7 @@ pub mod dial;
 pub mod flow;
 pub mod health;
 pub mod peer;
-pub mod udpio;
+pub use udpio;
 
 use bytes::BytesMut;
 use proto::cluster::BridgeSpec;
