@@ -57,8 +57,13 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
-    sock.listen(1024)
+    // The kernel caps this at net.core.somaxconn. A burst of connects beyond
+    // the backlog turns into SYN cookies and, once those fail, resets.
+    sock.listen(LISTEN_BACKLOG)
 }
+
+/// Accept backlog of carrier's listeners.
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds every mapping, or fails on the first that cannot bind.
 pub fn bind(mappings: &[Mapping]) -> Result<Vec<Bound>, BindError> {

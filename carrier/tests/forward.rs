@@ -200,10 +200,30 @@ async fn thousand_concurrent_short_connections() {
         }));
     }
     let mut ok = 0;
-    for t in tasks {
-        if let Ok(Ok(true)) = t.await {
-            ok += 1;
+    let mut failures = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await {
+            Ok(Ok(true)) => ok += 1,
+            Ok(Ok(false)) => failures.push(format!("#{i}: wrong answer")),
+            Ok(Err(e)) => failures.push(format!("#{i}: {e}")),
+            Err(e) => failures.push(format!("#{i}: task {e}")),
         }
+    }
+    if !failures.is_empty() {
+        eprintln!(
+            "{} failed, first ones: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(10)]
+        );
+        eprintln!(
+            "carrier log:\n{}",
+            p.log()
+                .lines()
+                .filter(|l| l.contains("error"))
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     eprintln!(
         "1,000 concurrent connections answered in {:?}",

@@ -177,9 +177,10 @@ where
 /// A server that answers each connection with `tag`, then echoes everything it
 /// reads until EOF, then closes. Returns its address and a connection counter.
 pub async fn echo_server(ip: &str, tag: &'static str) -> (SocketAddr, std::sync::Arc<AtomicUsize>) {
-    let l = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
-        .await
-        .unwrap();
+    // carrier's own backlog: a burst of 1,000 connects must not overflow the
+    // backend's accept queue (SYN cookies, then resets) while it is busy.
+    let l =
+        carrier::forward::bind_listener(SocketAddr::new(ip.parse::<IpAddr>().unwrap(), 0)).unwrap();
     let addr = l.local_addr().unwrap();
     let count = std::sync::Arc::new(AtomicUsize::new(0));
     let c = count.clone();
