@@ -4,8 +4,13 @@
 //! loadgen rr ADDR CONNS REQUESTS SIZE        request/response latency (p50/p99 µs)
 //! loadgen cps ADDR CONCURRENCY SECS          new connections per second
 //! loadgen idle ADDR CONNS SECS               hold CONNS idle connections for SECS
+//! loadgen echo-ns ADDR                       echo server, private addresses allowed
+//! loadgen rr-ns ADDR CONNS REQUESTS SIZE     rr with p90/p99.9/min/mean, private addresses allowed
 //!
 //! Results are one JSON object on stdout. Every loop is bounded in count or time.
+//! The `-ns` modes are for benches/bridge-bench.sh, which runs them inside network
+//! namespaces it creates: they accept loopback or private (RFC 1918) addresses only,
+//! and every connect or exchange of `rr-ns` gives up after a timeout.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -23,8 +28,26 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("");
     let addr: SocketAddr = arg(&args, 2, "ADDR");
-    assert!(addr.ip().is_loopback(), "loopback only");
+    if mode.ends_with("-ns") {
+        let private = match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_private() || ip.is_loopback(),
+            std::net::IpAddr::V6(ip) => ip.is_loopback(),
+        };
+        assert!(private, "loopback or private (RFC 1918) addresses only");
+    } else {
+        assert!(addr.ip().is_loopback(), "loopback only");
+    }
     match mode {
+        "echo-ns" => echo(addr).await,
+        "rr-ns" => {
+            rr_ns(
+                addr,
+                arg(&args, 3, "CONNS"),
+                arg(&args, 4, "REQUESTS"),
+                arg(&args, 5, "SIZE"),
+            )
+            .await
+        }
         "echo" => echo(addr).await,
         "rr" => {
             rr(
@@ -37,7 +60,7 @@ async fn main() {
         }
         "cps" => cps(addr, arg(&args, 3, "CONCURRENCY"), arg(&args, 4, "SECS")).await,
         "idle" => idle(addr, arg(&args, 3, "CONNS"), arg(&args, 4, "SECS")).await,
-        _ => panic!("mode: echo | rr | cps | idle"),
+        _ => panic!("mode: echo | rr | cps | idle | echo-ns | rr-ns"),
     }
 }
 
@@ -98,6 +121,61 @@ async fn rr(addr: SocketAddr, conns: usize, requests: usize, size: usize) {
         all.len(),
         pct(0.5),
         pct(0.99),
+        pct(1.0),
+        all.len() as f64 / took
+    );
+}
+
+/// Like [`rr`], with more percentiles, and bounded in time: a connect or an
+/// exchange that takes over 10 s fails the run (exit status 101).
+async fn rr_ns(addr: SocketAddr, conns: usize, requests: usize, size: usize) {
+    const WARMUP: usize = 100;
+    const LIMIT: Duration = Duration::from_secs(10);
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::time::timeout(LIMIT, TcpStream::connect(addr))
+                .await
+                .expect("connect: timed out")
+                .expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            let req = vec![7u8; size];
+            let mut resp = vec![0u8; size];
+            let mut lat = Vec::with_capacity(requests);
+            for i in 0..requests + WARMUP {
+                let t = Instant::now();
+                tokio::time::timeout(LIMIT, async {
+                    s.write_all(&req).await?;
+                    s.read_exact(&mut resp).await.map(|_| ())
+                })
+                .await
+                .expect("exchange: timed out")
+                .expect("exchange");
+                if i >= WARMUP {
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let took = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    assert!(!all.is_empty(), "no exchanges");
+    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
+    let mean = all.iter().sum::<u64>() as f64 / all.len() as f64 / 1000.0;
+    println!(
+        "{{\"mode\":\"rr-ns\",\"conns\":{conns},\"size\":{size},\"warmup\":{WARMUP},\"exchanges\":{},\"min_us\":{:.1},\"mean_us\":{mean:.1},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"per_sec\":{:.0}}}",
+        all.len(),
+        pct(0.0),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(0.999),
         pct(1.0),
         all.len() as f64 / took
     );
