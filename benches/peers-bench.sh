@@ -29,7 +29,9 @@
 #         SHORT_RATE=4 DNS_RATE=2 ECHO_RATE=2 (per peer per second) SOAK_TCP_RATE=50M SOAK_UDP_RATE=2M
 #         TOL_PCT=10 TOL_MIB=4 (soak "no growth": |end - warm| <= max(TOL_PCT % of warm, TOL_MIB))
 #         STOWAWAY_ENV="GEFYRA_TCP_BUFFER=131072" (env of stowaway), TAG=-x (suffix of result files)
-#         OUT=benches/results NICE=-20 (empty: no renice)
+#         OUT=benches/results NICE=-20 (empty: no renice) DRAIN_SECS=90
+#         MALLOC_PROBE=1 (diagnostic: gdb prints glibc malloc_stats() at busy-end, soak-end and the
+#         end, then malloc_trim(0) at the end; output in -stowaway.log, phase "...-trimmed")
 # Writes: $OUT/peers$TAG-phases.tsv, -busy.tsv, -soak.tsv, -summary.md, -load.tsv, -stowaway.log,
 #         -status-*.json; per-peer logs under a temporary directory (removed; kept with KEEP_TMP=1).
 # Needs:  root, iproute2, wireguard-tools (wg genkey), iperf3, ping, curl, jq, python3.
@@ -96,6 +98,7 @@ trap 'exit 130' INT TERM
 
 # start CMD... in background (ip netns exec / env exec: PID == the program's PID)
 start_bg() { local logf=$1; shift; "$@" >"$logf" 2>&1 & local p=$!; ALL_PIDS+=("$p"); LAST_PID=$p; }
+start_bg_append() { local logf=$1; shift; "$@" >>"$logf" 2>&1 & local p=$!; ALL_PIDS+=("$p"); LAST_PID=$p; }
 
 # ---- helpers run inside the namespaces --------------------------------------------------------
 cat > "$TMP/pkb.py" <<'PY'
@@ -245,6 +248,21 @@ mem() {
   set -- $s
   echo "$1 $2 ${pss:-NA} $3 $4 $cpu"
 }
+# MALLOC_PROBE=1: attach gdb, print glibc's malloc_stats() (arena "system" vs "in use" bytes) into
+# stowaway's log; with "trim" also call malloc_trim(0) and record the phase "<label>-trimmed".
+# Pauses stowaway for about a second: diagnostic runs only (off by default).
+malloc_probe() {
+  [ "${MALLOC_PROBE:-0}" = 1 ] || return 0
+  command -v gdb >/dev/null || { log "MALLOC_PROBE: no gdb"; return 0; }
+  local ex=(-ex 'call (void) malloc_stats()')
+  [ "${2:-}" = trim ] && ex+=(-ex 'call (int) malloc_trim(0)')
+  echo "=== malloc_stats $1 (rss hwm pss anon threads cpu_s = $(mem); flows $(flows))" >> "$P-stowaway.log"
+  timeout 60 gdb -p "$PID_st" -batch -nx "${ex[@]}" >> "$P-gdb.log" 2>&1 || log "WARN gdb failed (see $P-gdb.log)"
+  echo "=== end malloc_stats $1" >> "$P-stowaway.log"
+  sleep 1
+  [ "${2:-}" = trim ] && phase "$1-trimmed"
+  return 0
+}
 reset_hwm() { echo 5 > /proc/$PID_st/clear_refs 2>/dev/null || log "WARN cannot reset VmHWM"; }
 status_json() { ip netns exec $CL curl -s -m 3 "http://$HEALTH/status"; }
 # "tcp_open udp_open tcp_total udp_total dns icmp dropped bad rx_MiB tx_MiB peers_handshaken"
@@ -330,7 +348,8 @@ start_servers() {
 }
 
 start_stowaway() {
-  start_bg "$P-stowaway.log" ip netns exec $CL env NO_COLOR=1 GEFYRA_LOG=${STOWAWAY_LOG:-info} ${STOWAWAY_ENV:-} \
+  : > "$P-stowaway.log"
+  start_bg_append "$P-stowaway.log" ip netns exec $CL env NO_COLOR=1 GEFYRA_LOG=${STOWAWAY_LOG:-info} ${STOWAWAY_ENV:-} \
     "$BIN/stowaway" --config "$TMP/stowaway.json"
   PID_st=$LAST_PID
   local i
@@ -397,6 +416,7 @@ busy() {
     sleep 1
   done
   phase busy-end
+  malloc_probe busy-end
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   local cpu1; cpu1=$(mem | cut -d' ' -f6)
   BUSY_CPU=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.2f", b-a}')
@@ -456,6 +476,7 @@ soak() {
   done
   kill_pids "${pids[@]}"    # normally all have ended by themselves
   phase soak-end
+  malloc_probe soak-end
   SOAK_CPU=$(awk -v a="$cpu0" -v b="$(mem | cut -d' ' -f6)" 'BEGIN{printf "%.2f", b-a}')
   cat "$TMP"/soak-runs*.tsv > "$P-soak-runs.tsv" 2>/dev/null
   {
@@ -466,6 +487,90 @@ soak() {
   } > "$P-soak-peers.tsv"
   log "soak done: stowaway CPU ${SOAK_CPU} s"
 }
+
+# ---- summary (also alone: SUMMARY_ONLY=1 with the same TAG/OUT/SOAK_SECS/WARMUP_SECS) ----------
+summarize() {
+python3 - "$P" "$WARMUP_SECS" "$TOL_PCT" "$TOL_MIB" "$SOAK_SECS" <<'PY' | tee "$P-summary.md"
+import sys, os
+pre, warm, tolp, tolm, soak = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+def table(path):
+    rows = [l.rstrip("\n").split("\t") for l in open(path) if not l.startswith("#")]
+    return rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
+mib = lambda k: "NA" if k in (None, "NA", "") else f"{int(k)/1024:.1f}"
+_, ph = table(pre + "-phases.tsv")
+print("| phase | VmRSS MiB | VmHWM MiB (peak since last reset) | PSS MiB | RssAnon MiB | threads | CPU s (cumulative) | tcp open | udp open | tcp total | udp total |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for r in ph:
+    print(f"| {r['phase']} | {mib(r['rss_kib'])} | {mib(r['hwm_kib'])} | {mib(r['pss_kib'])} | {mib(r['anon_kib'])} | {r['threads']} | {r['cpu_s']} | {r['tcp_open']} | {r['udp_open']} | {r['tcp_total']} | {r['udp_total']} |")
+_, busy = table(pre + "-busy.tsv")
+rss = [int(r["rss_kib"]) for r in busy if r["rss_kib"] != "NA"]
+if rss:
+    print(f"\nbusy samples (1 s): {len(rss)}, VmRSS max {max(rss)/1024:.1f} MiB, mean {sum(rss)/len(rss)/1024:.1f} MiB; "
+          f"max tcp_open {max(int(r['tcp_open']) for r in busy if r['tcp_open'] != 'NA')}")
+if soak > 0 and os.path.exists(pre + "-soak.tsv"):
+    _, s = table(pre + "-soak.tsv")
+    s = [r for r in s if r["rss_kib"] != "NA"]
+    def series(k):
+        return [(int(r["elapsed_s"]), int(r[k])) for r in s if r[k] not in ("NA", "")]
+    for k in ("rss_kib", "pss_kib"):
+        xs = series(k)
+        if not xs: continue
+        load = [x for x in xs if x[0] <= soak]
+        vals = [v for _, v in load]
+        med = lambda v: sorted(v)[len(v) // 2] if v else None
+        # "warm": median of the minute after the warm-up; "end": median of the last minute under load
+        w = med([v for t, v in load if warm <= t < warm + 60])
+        end = med([v for t, v in load if t > load[-1][0] - 60])
+        post = [(t, v) for t, v in load if t >= warm]
+        slope = 0.0
+        if len(post) >= 2:
+            mt = sum(t for t, _ in post) / len(post); mv = sum(v for _, v in post) / len(post)
+            den = sum((t - mt) ** 2 for t, _ in post)
+            slope = sum((t - mt) * (v - mv) for t, v in post) / den * 60 / 1024 if den else 0.0
+        tol = max(w * tolp / 100, tolm * 1024) if w else None
+        ok = w is not None and end - w <= tol
+        blocks = "▁▂▃▄▅▆▇█"; lo, hi = min(vals), max(vals)
+        spark = "".join(blocks[min(7, int((v - lo) / (hi - lo + 1e-9) * 8))] for v in vals)
+        print(f"\nsoak {k[:-4].upper()}: first {vals[0]/1024:.1f}, min {lo/1024:.1f}, max {hi/1024:.1f}, last under load {load[-1][1]/1024:.1f} MiB; "
+              f"median of minute {warm}..{warm + 60} s {w/1024 if w else float('nan'):.1f}, of the last minute {end/1024:.1f} MiB: "
+              f"growth {(end - (w or 0))/1024:+.1f} MiB (tolerance max({tolp:g} %, {tolm:g} MiB) = {tol/1024 if tol else float('nan'):.1f} MiB): "
+              f"{'NO GROWTH (met)' if ok else 'GROWTH (missed)'}; least-squares slope after warm-up {slope:+.2f} MiB/min")
+        print(f"  sparkline ({len(vals)} samples, {lo/1024:.1f}..{hi/1024:.1f} MiB): {spark}")
+    per_min, nxt = [], 0
+    for r in s:   # the first sample of every minute, and the last one
+        if int(r["elapsed_s"]) >= nxt:
+            per_min.append(r); nxt = (int(r["elapsed_s"]) // 60 + 1) * 60
+    if s and per_min[-1] is not s[-1]:
+        per_min.append(s[-1])
+    print("\n| t s | VmRSS MiB | PSS MiB | CPU s | tcp open | udp open | tcp total | udp total | dns | loadavg |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in per_min:
+        print(f"| {r['elapsed_s']} | {mib(r['rss_kib'])} | {mib(r['pss_kib'])} | {r['cpu_s']} | {r['tcp_open']} | {r['udp_open']} | {r['tcp_total']} | {r['udp_total']} | {r['dns']} | {r['loadavg']} |")
+if os.path.exists(pre + "-busy-peers.tsv"):
+    _, bp = table(pre + "-busy-peers.tsv")
+    print("\nbusy per peer: " + "; ".join(f"p{r['peer']} {r['dir']} {r['recv_Mbit/s']} Mbit/s short {r['short_ok']}/{r['short_err']} err"
+                                        + ("" if r["error"] == "-" else f" ERROR {r['error']}") for r in bp))
+if soak > 0 and os.path.exists(pre + "-soak-runs.tsv"):
+    runs = [l.rstrip("\n").split("\t") for l in open(pre + "-soak-runs.tsv") if l.strip()]
+    kinds = {}
+    for r in runs:
+        k = kinds.setdefault(r[2], [0, 0, []])
+        k[0] += 1
+        if len(r) > 4 and r[4] != "-": k[1] += 1
+        elif r[3] not in ("NA", "-"): k[2].append(int(r[3]))
+    print("\nsoak runs: " + "; ".join(f"{k}: {v[0]} runs, {v[1]} failed, median {sorted(v[2])[len(v[2])//2] if v[2] else 'NA'} Mbit/s" for k, v in sorted(kinds.items())))
+if soak > 0 and os.path.exists(pre + "-soak-peers.tsv"):
+    _, sp = table(pre + "-soak-peers.tsv")
+    tot = lambda c: sum(int(r[c]) for r in sp if r.get(c, "NA") not in ("NA", "", None))
+    print(f"soak load generators (all peers): short TCP {tot('short_ok')} ok / {tot('short_err')} failed, "
+          f"DNS {tot('dns_ok')} ok / {tot('dns_err')} failed, UDP echo {tot('echo_ok')} ok / {tot('echo_err')} failed; "
+          f"errors: {', '.join(r['errors'] for r in sp if r.get('errors')) or 'none'}")
+for l in open(pre + "-phases.tsv"):
+    if l.startswith("# stowaway") or l.startswith("# cargo") or l.startswith("# loadavg"):
+        print("\n" + l.strip("# \n"))
+PY
+}
+[ "${SUMMARY_ONLY:-0}" = 1 ] && { summarize; exit 0; }
 
 # ---- main -------------------------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || { echo "needs root"; exit 1; }
@@ -506,6 +611,9 @@ if [ "$SOAK_SECS" -gt 0 ]; then
   w=$(wait_drained "$DRAIN_SECS"); log "flows drained after $w s"
   phase after-soak-drained
   status_json | jq . > "$P-status-after-soak.json" 2>/dev/null
+  malloc_probe after-soak-drained trim
+else
+  malloc_probe after-busy-drained trim
 fi
 TOTAL_CPU=$(mem | cut -d' ' -f6)
 ALIVE=$(kill -0 "$PID_st" 2>/dev/null && echo yes || echo NO)
@@ -515,81 +623,5 @@ ALIVE=$(kill -0 "$PID_st" 2>/dev/null && echo yes || echo NO)
   echo "# cargo-client logs: WARN $(cat "$TMP"/cargo*.log | grep -c WARN), ERROR $(cat "$TMP"/cargo*.log | grep -c ERROR); alive: $(for p in "${PID_cargo[@]}"; do kill -0 "$p" 2>/dev/null && echo -n y || echo -n N; done)"
   echo "# loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >> "$P-phases.tsv"
-python3 - "$P" "$WARMUP_SECS" "$TOL_PCT" "$TOL_MIB" "$SOAK_SECS" <<'PY' | tee "$P-summary.md"
-import sys, os
-pre, warm, tolp, tolm, soak = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-def table(path):
-    rows = [l.rstrip("\n").split("\t") for l in open(path) if not l.startswith("#")]
-    return rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
-mib = lambda k: "NA" if k in (None, "NA", "") else f"{int(k)/1024:.1f}"
-_, ph = table(pre + "-phases.tsv")
-print("| phase | VmRSS MiB | VmHWM MiB (peak since last reset) | PSS MiB | RssAnon MiB | threads | CPU s (cumulative) | tcp open | udp open | tcp total | udp total |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for r in ph:
-    print(f"| {r['phase']} | {mib(r['rss_kib'])} | {mib(r['hwm_kib'])} | {mib(r['pss_kib'])} | {mib(r['anon_kib'])} | {r['threads']} | {r['cpu_s']} | {r['tcp_open']} | {r['udp_open']} | {r['tcp_total']} | {r['udp_total']} |")
-_, busy = table(pre + "-busy.tsv")
-rss = [int(r["rss_kib"]) for r in busy if r["rss_kib"] != "NA"]
-if rss:
-    print(f"\nbusy samples (1 s): {len(rss)}, VmRSS max {max(rss)/1024:.1f} MiB, mean {sum(rss)/len(rss)/1024:.1f} MiB; "
-          f"max tcp_open {max(int(r['tcp_open']) for r in busy if r['tcp_open'] != 'NA')}")
-if soak > 0 and os.path.exists(pre + "-soak.tsv"):
-    _, s = table(pre + "-soak.tsv")
-    s = [r for r in s if r["rss_kib"] != "NA"]
-    def series(k):
-        return [(int(r["elapsed_s"]), int(r[k])) for r in s if r[k] not in ("NA", "")]
-    for k in ("rss_kib", "pss_kib"):
-        xs = series(k)
-        if not xs: continue
-        load = [x for x in xs if x[0] <= soak]
-        w = next((v for t, v in load if t >= warm), None)
-        end = load[-1][1]
-        vals = [v for _, v in load]
-        post = [(t, v) for t, v in load if t >= warm]
-        slope = 0.0
-        if len(post) >= 2:
-            mt = sum(t for t, _ in post) / len(post); mv = sum(v for _, v in post) / len(post)
-            den = sum((t - mt) ** 2 for t, _ in post)
-            slope = sum((t - mt) * (v - mv) for t, v in post) / den * 60 / 1024 if den else 0.0
-        tol = max(w * tolp / 100, tolm * 1024) if w else None
-        ok = w is not None and abs(end - w) <= tol
-        blocks = "▁▂▃▄▅▆▇█"; lo, hi = min(vals), max(vals)
-        spark = "".join(blocks[min(7, int((v - lo) / (hi - lo + 1e-9) * 8))] for v in vals)
-        print(f"\nsoak {k[:-4].upper()}: first {vals[0]/1024:.1f}, min {lo/1024:.1f}, max {hi/1024:.1f}, "
-              f"at warm-up end (t>={warm}s) {w/1024 if w else float('nan'):.1f}, last under load {end/1024:.1f} MiB; "
-              f"end - warm = {(end - (w or 0))/1024:+.1f} MiB (tolerance {tol/1024 if tol else float('nan'):.1f} MiB): "
-              f"{'NO GROWTH (met)' if ok else 'GROWTH (missed)'}; post-warm-up slope {slope:+.2f} MiB/min")
-        print(f"  sparkline ({len(vals)} samples, {lo/1024:.1f}..{hi/1024:.1f} MiB): {spark}")
-    per_min, nxt = [], 0
-    for r in s:   # the first sample of every minute, and the last one
-        if int(r["elapsed_s"]) >= nxt:
-            per_min.append(r); nxt = (int(r["elapsed_s"]) // 60 + 1) * 60
-    if s and per_min[-1] is not s[-1]:
-        per_min.append(s[-1])
-    print("\n| t s | VmRSS MiB | PSS MiB | CPU s | tcp open | udp open | tcp total | udp total | dns | loadavg |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in per_min:
-        print(f"| {r['elapsed_s']} | {mib(r['rss_kib'])} | {mib(r['pss_kib'])} | {r['cpu_s']} | {r['tcp_open']} | {r['udp_open']} | {r['tcp_total']} | {r['udp_total']} | {r['dns']} | {r['loadavg']} |")
-if os.path.exists(pre + "-busy-peers.tsv"):
-    _, bp = table(pre + "-busy-peers.tsv")
-    print("\nbusy per peer: " + "; ".join(f"p{r['peer']} {r['dir']} {r['recv_Mbit/s']} Mbit/s short {r['short_ok']}/{r['short_err']} err"
-                                        + ("" if r["error"] == "-" else f" ERROR {r['error']}") for r in bp))
-if soak > 0 and os.path.exists(pre + "-soak-runs.tsv"):
-    runs = [l.rstrip("\n").split("\t") for l in open(pre + "-soak-runs.tsv") if l.strip()]
-    kinds = {}
-    for r in runs:
-        k = kinds.setdefault(r[2], [0, 0, []])
-        k[0] += 1
-        if len(r) > 4 and r[4] != "-": k[1] += 1
-        elif r[3] not in ("NA", "-"): k[2].append(int(r[3]))
-    print("\nsoak runs: " + "; ".join(f"{k}: {v[0]} runs, {v[1]} failed, median {sorted(v[2])[len(v[2])//2] if v[2] else 'NA'} Mbit/s" for k, v in sorted(kinds.items())))
-if soak > 0 and os.path.exists(pre + "-soak-peers.tsv"):
-    _, sp = table(pre + "-soak-peers.tsv")
-    tot = lambda c: sum(int(r[c]) for r in sp if r.get(c, "NA") not in ("NA", "", None))
-    print(f"soak load generators (all peers): short TCP {tot('short_ok')} ok / {tot('short_err')} failed, "
-          f"DNS {tot('dns_ok')} ok / {tot('dns_err')} failed, UDP echo {tot('echo_ok')} ok / {tot('echo_err')} failed; "
-          f"errors: {', '.join(r['errors'] for r in sp if r.get('errors')) or 'none'}")
-for l in open(pre + "-phases.tsv"):
-    if l.startswith("# stowaway") or l.startswith("# cargo") or l.startswith("# loadavg"):
-        print("\n" + l.strip("# \n"))
-PY
+summarize
 log "done; results in $P-*"
