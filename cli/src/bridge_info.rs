@@ -196,6 +196,13 @@ pub async fn bridge_problems(
                             spec.name
                         ));
                     }
+                    if !b.peer_connected {
+                        out.push(format!(
+                            "bridge {}: the tunnel to the local container ({}) is down: is the cargo \
+                             container of connection {} running? (`gefyra status`, or `gefyra up` again)",
+                            spec.name, spec.local_ip, spec.connection
+                        ));
+                    }
                 }
             }
         }
@@ -210,7 +217,7 @@ pub fn carrier_lines(ss: &proto::status::StowawayStatus) -> Vec<String> {
         .map(|b| {
             let ok = b.carriers.iter().filter(|c| c.configured).count();
             format!(
-                "bridge {}: carriers connected {ok}/{} ({}), route ports {} {}",
+                "bridge {}: carriers connected {ok}/{} ({}), route ports {} {}, tunnel to the local container {}",
                 b.name,
                 b.carriers.len(),
                 b.carriers
@@ -231,7 +238,8 @@ pub fn carrier_lines(ss: &proto::status::StowawayStatus) -> Vec<String> {
                     .map(|p| p.to_string())
                     .collect::<Vec<_>>()
                     .join(","),
-                if b.routes_open { "open" } else { "NOT open" }
+                if b.routes_open { "open" } else { "NOT open" },
+                if b.peer_connected { "up" } else { "DOWN" }
             )
         })
         .collect()

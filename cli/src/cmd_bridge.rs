@@ -173,6 +173,141 @@ pub fn allocate_route_ports(used: &BTreeSet<u16>, n: usize) -> Result<Vec<u16>> 
     Ok(out)
 }
 
+/// Bridges recorded in the cluster: their spec and the resourceVersion of their ConfigMap.
+async fn recorded_bridges(cms: &Api<ConfigMap>) -> Result<Vec<(BridgeSpec, Option<u64>)>> {
+    Ok(cms
+        .list(&ListParams::default().labels(&bridge_selector()))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|cm| {
+            let rv = cm.resource_version().and_then(|v| v.parse().ok());
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get(proto::cluster::DATA_KEY))
+                .and_then(|s| serde_json::from_str::<BridgeSpec>(s).ok())
+                .map(|spec| (spec, rv))
+        })
+        .collect())
+}
+
+/// The bridges recorded before ours (a lower resourceVersion: etcd's revision at
+/// creation) that hold one of our route ports. The later of two clashing bridges
+/// always sees the earlier one when it lists after its own create, so it is the
+/// one that gives way.
+pub fn route_port_clashes(
+    ours: &BridgeSpec,
+    our_rv: Option<u64>,
+    others: &[(BridgeSpec, Option<u64>)],
+) -> Vec<String> {
+    let mine: BTreeSet<u16> = ours.ports.iter().map(|p| p.route_port).collect();
+    others
+        .iter()
+        .filter(|(b, rv)| {
+            b.name != ours.name
+                && b.ports.iter().any(|p| mine.contains(&p.route_port))
+                // An unknown order: give way (a retry costs a second, a clash a bridge).
+                && match (rv, our_rv) {
+                    (Some(theirs), Some(ours)) => *theirs < ours,
+                    _ => true,
+                }
+        })
+        .map(|(b, _)| b.name.clone())
+        .collect()
+}
+
+/// Records `spec` as a labelled ConfigMap with the first free route ports. Two
+/// `bridge` commands at the same instant may pick the same ports: after the
+/// create, the later one sees the clash, deletes its record and picks again.
+pub async fn record_bridge(cms: &Api<ConfigMap>, spec: &mut BridgeSpec, conn: &str) -> Result<()> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        pick_route_ports(cms, spec).await?;
+        if create_unless_clashing(cms, spec, conn).await? {
+            return Ok(());
+        }
+    }
+    bail!(
+        "could not reserve route ports after {ATTEMPTS} attempts (other bridges were created at the same time); run the command again"
+    )
+}
+
+/// Sets `spec`'s route ports to the first ones no recorded bridge uses.
+pub async fn pick_route_ports(cms: &Api<ConfigMap>, spec: &mut BridgeSpec) -> Result<()> {
+    let used: BTreeSet<u16> = recorded_bridges(cms)
+        .await?
+        .iter()
+        .flat_map(|(b, _)| b.ports.iter().map(|p| p.route_port))
+        .collect();
+    let route_ports = allocate_route_ports(&used, spec.ports.len())?;
+    for (p, r) in spec.ports.iter_mut().zip(route_ports) {
+        p.route_port = r;
+    }
+    Ok(())
+}
+
+/// Creates the bridge's record; `false` when an earlier bridge took one of its
+/// route ports meanwhile (the record is removed again: pick and retry).
+pub async fn create_unless_clashing(
+    cms: &Api<ConfigMap>,
+    spec: &BridgeSpec,
+    conn: &str,
+) -> Result<bool> {
+    let mut labels = crate::manifests::labels(proto::ROLE_BRIDGE);
+    labels.insert(proto::LABEL_CONNECTION.to_string(), conn.to_string());
+    labels.insert(proto::LABEL_BRIDGE.to_string(), spec.name.clone());
+    let name = proto::cluster::bridge_configmap_name(&spec.name);
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                proto::cluster::DATA_KEY.to_string(),
+                serde_json::to_string(&spec)?,
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let created = match cms.create(&PostParams::default(), &cm).await {
+        Ok(c) => c,
+        Err(e) if k8s::is_conflict(&e) => bail!(
+            "a bridge named {} exists: pick another -I or `gefyra unbridge -I {}`",
+            spec.name,
+            spec.name
+        ),
+        Err(e) => return Err(anyhow!(e)).context("cannot record the bridge (ConfigMap)"),
+    };
+    let our_rv = created.resource_version().and_then(|v| v.parse().ok());
+    let clashes = route_port_clashes(spec, our_rv, &recorded_bridges(cms).await?);
+    if clashes.is_empty() {
+        return Ok(true);
+    }
+    ui::info(format!(
+        "Route port(s) {} also picked by bridge {} at the same instant; picking again",
+        spec.ports
+            .iter()
+            .map(|p| p.route_port.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        clashes.join(",")
+    ));
+    cms.delete(&name, &Default::default())
+        .await
+        .context("cannot remove the clashing bridge record")?;
+    // Wait until the record is gone, so the next pick does not count our own ports.
+    for _ in 0..50 {
+        if cms.get_opt(&name).await?.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(false)
+}
+
 /// The strategic-merge patch that bridges `container` (annotation + label + image at once).
 pub fn bridge_patch(
     bridge: &str,
@@ -386,25 +521,8 @@ pub async fn bridge(g: &Global, a: BridgeArgs) -> Result<i32> {
         bridged.push((p.name_any(), ip, image));
     }
 
-    // route ports: the first free ones across existing bridges
     let cms: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &st.namespace);
-    let mut used = BTreeSet::new();
-    for cm in cms
-        .list(&ListParams::default().labels(&bridge_selector()))
-        .await?
-        .items
-    {
-        if let Some(spec) = cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(proto::cluster::DATA_KEY))
-            .and_then(|s| serde_json::from_str::<BridgeSpec>(s).ok())
-        {
-            used.extend(spec.ports.iter().map(|p| p.route_port));
-        }
-    }
-    let route_ports = allocate_route_ports(&used, a.port.len())?;
-    let spec = BridgeSpec {
+    let mut spec = BridgeSpec {
         name: bridge_name.clone(),
         connection: conn.to_string(),
         namespace: a.namespace.clone(),
@@ -419,42 +537,16 @@ pub async fn bridge(g: &Global, a: BridgeArgs) -> Result<i32> {
         ports: a
             .port
             .iter()
-            .zip(&route_ports)
-            .map(|(p, r)| BridgePort {
+            .map(|p| BridgePort {
                 remote: p.remote,
                 local: p.local,
-                route_port: *r,
+                route_port: 0,
             })
             .collect(),
         local_ip,
         http_probe_ports: probe_ports.into_iter().collect(),
     };
-    let mut labels = crate::manifests::labels(proto::ROLE_BRIDGE);
-    labels.insert(proto::LABEL_CONNECTION.to_string(), conn.to_string());
-    labels.insert(proto::LABEL_BRIDGE.to_string(), bridge_name.clone());
-    let cm = ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some(proto::cluster::bridge_configmap_name(&bridge_name)),
-            namespace: Some(st.namespace.clone()),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        data: Some(
-            [(
-                proto::cluster::DATA_KEY.to_string(),
-                serde_json::to_string(&spec)?,
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    match cms.create(&PostParams::default(), &cm).await {
-        Ok(_) => {}
-        Err(e) if k8s::is_conflict(&e) => bail!(
-            "a bridge named {bridge_name} exists: pick another -I or `gefyra unbridge -I {bridge_name}`"
-        ),
-        Err(e) => return Err(anyhow!(e)).context("cannot record the bridge (ConfigMap)"),
-    }
+    record_bridge(&cms, &mut spec, conn).await?;
 
     let r = async {
         let pods_api: Api<Pod> = Api::namespaced(cluster.client.clone(), &a.namespace);
@@ -586,13 +678,18 @@ async fn wait_active(
                 ));
             };
             let configured = b.carriers.iter().filter(|c| c.configured).count();
-            if b.routes_open && configured >= pods {
+            if b.routes_open && configured >= pods && b.peer_connected {
                 return Ok(Wait::Done(()));
             }
             let errors: Vec<String> = b.carriers.iter().filter_map(|c| c.error.clone()).collect();
             Ok(Wait::NotYet(format!(
-                "{configured}/{pods} carriers configured, routes {}{}",
+                "{configured}/{pods} carriers configured, routes {}, tunnel to the local container {}{}",
                 if b.routes_open { "open" } else { "not open" },
+                if b.peer_connected {
+                    "up"
+                } else {
+                    "down (is `gefyra up` done and the cargo container running?)"
+                },
                 if errors.is_empty() {
                     String::new()
                 } else {
@@ -859,6 +956,45 @@ mod tests {
         assert_eq!(http_probe_ports(&c), vec![8155]);
         let used: BTreeSet<u16> = [10000, 10002].into();
         assert_eq!(allocate_route_ports(&used, 2).unwrap(), vec![10001, 10003]);
+    }
+
+    fn spec(name: &str, route_ports: &[u16]) -> BridgeSpec {
+        BridgeSpec {
+            name: name.into(),
+            connection: "default".into(),
+            namespace: "ns".into(),
+            container: "app".into(),
+            pods: vec![],
+            ports: route_ports
+                .iter()
+                .map(|r| BridgePort {
+                    remote: 80,
+                    local: 80,
+                    route_port: *r,
+                })
+                .collect(),
+            local_ip: Ipv4Addr::new(172, 30, 0, 2),
+            http_probe_ports: vec![],
+        }
+    }
+
+    #[test]
+    fn the_later_of_two_clashing_bridges_gives_way() {
+        let a = spec("a", &[10000]);
+        let b = spec("b", &[10000, 10001]);
+        let c = spec("c", &[10002]);
+        let all = vec![
+            (a.clone(), Some(5)),
+            (b.clone(), Some(6)),
+            (c.clone(), Some(7)),
+        ];
+        // b was created after a and shares 10000: b gives way, a keeps its port.
+        assert_eq!(route_port_clashes(&b, Some(6), &all), vec!["a".to_string()]);
+        assert!(route_port_clashes(&a, Some(5), &all).is_empty());
+        // no shared port, no clash, whatever the order
+        assert!(route_port_clashes(&c, Some(7), &all).is_empty());
+        // an unknown order gives way
+        assert_eq!(route_port_clashes(&a, None, &all), vec!["b".to_string()]);
     }
 
     #[test]

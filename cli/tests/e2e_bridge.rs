@@ -5,9 +5,11 @@
 mod common;
 
 use futures::FutureExt;
+use gefyra_cli::cmd_bridge::{create_unless_clashing, pick_route_ports, record_bridge};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
+use proto::cluster::{BridgePort, BridgeSpec};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -63,33 +65,81 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str) {
     )
     .await
     .unwrap();
-    let d: Deployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": ns},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
-                "terminationGracePeriodSeconds": 2,
-                "containers": [{"name": "app", "image": common::ECHO_IMAGE, "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", "mkdir -p /www && echo cluster > /www/index.html && exec httpd -f -p 8080 -h /www"],
-                    "ports": [{"containerPort": 8080}],
-                    "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}}]}}}
-    }))
-    .unwrap();
-    Api::<Deployment>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &d)
-        .await
+    // Route ports picked at the same instant: both bridges pick (list) before either records
+    // (create), in this test's namespace (stowaway does not watch it). The later record gives
+    // way; picking again gives it another port.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let race = |name: &str| BridgeSpec {
+        name: name.into(),
+        connection: "default".into(),
+        namespace: ns.into(),
+        container: "app".into(),
+        pods: vec![],
+        ports: vec![BridgePort {
+            remote: 80,
+            local: 80,
+            route_port: 0,
+        }],
+        local_ip: std::net::Ipv4Addr::new(192, 0, 2, 1),
+        http_probe_ports: vec![],
+    };
+    let (mut ra, mut rb) = (race("race-a"), race("race-b"));
+    pick_route_ports(&cms, &mut ra).await.unwrap();
+    pick_route_ports(&cms, &mut rb).await.unwrap();
+    assert_eq!(ra.ports[0].route_port, rb.ports[0].route_port);
+    let a = create_unless_clashing(&cms, &ra, "default").await.unwrap();
+    let b = create_unless_clashing(&cms, &rb, "default").await.unwrap();
+    assert!(
+        a && !b,
+        "the earlier record keeps the port, the later gives way ({a}, {b})"
+    );
+    record_bridge(&cms, &mut rb, "default").await.unwrap();
+    assert_ne!(
+        ra.ports[0].route_port, rb.ports[0].route_port,
+        "two bridges recorded at once share a route port"
+    );
+    for n in ["race-a", "race-b"] {
+        let _ = cms
+            .delete(
+                &proto::cluster::bridge_configmap_name(n),
+                &Default::default(),
+            )
+            .await;
+    }
+
+    // two of them: "web" for most steps, "web2" to bridge at the same instant as "web"
+    let mut addrs = Vec::new();
+    for name in ["web", "web2"] {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{"name": "app", "image": common::ECHO_IMAGE, "imagePullPolicy": "IfNotPresent",
+                        "command": ["sh", "-c", "mkdir -p /www && echo cluster > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}}]}}}
+        }))
         .unwrap();
-    let svc: Service = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}
-    }))
-    .unwrap();
-    let svc = Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &svc)
-        .await
+        Api::<Deployment>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &d)
+            .await
+            .unwrap();
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}
+        }))
         .unwrap();
-    let addr = format!("{}:80", svc.spec.unwrap().cluster_ip.unwrap());
+        let svc = Api::<Service>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &svc)
+            .await
+            .unwrap();
+        addrs.push(format!("{}:80", svc.spec.unwrap().cluster_ip.unwrap()));
+    }
+    let (addr, addr2) = (addrs[0].clone(), addrs[1].clone());
     assert!(wait_body(&addr, "cluster", 120), "web never answered");
+    assert!(wait_body(&addr2, "cluster", 60), "web2 never answered");
 
     let o = bed.gefyra(&["up", "--registry", &bed.registry]);
     assert!(o.status.success(), "up failed");
@@ -215,26 +265,84 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str) {
         .unwrap_or_default()
         .contains_key("gefyra.dev/original-image.app"));
 
-    // bridge again, then `down` restores it
-    let o = bed.gefyra(&[
-        "bridge",
-        "-N",
-        "e2e-local",
-        "-n",
-        ns,
-        "--target",
-        "deployment/web/app",
-        "-p",
-        "8080:8080",
-        "-I",
-        "e2e-br2",
-    ]);
-    assert!(o.status.success());
-    assert!(wait_body(&addr, "local", 30));
+    // two bridges started at the same instant get distinct route ports, and both work
+    let bridge = |target: &'static str, name: &'static str| {
+        let (kc, dir, ns) = (
+            bed.kubeconfig.clone(),
+            bed.config_dir.clone(),
+            ns.to_string(),
+        );
+        std::thread::spawn(move || {
+            common::gefyra_with(
+                &kc,
+                &dir,
+                &[
+                    "bridge",
+                    "-N",
+                    "e2e-local",
+                    "-n",
+                    &ns,
+                    "--target",
+                    target,
+                    "-p",
+                    "8080:8080",
+                    "-I",
+                    name,
+                ],
+            )
+        })
+    };
+    let (b2, b3) = (
+        bridge("deployment/web/app", "e2e-br2"),
+        bridge("deployment/web2/app", "e2e-br3"),
+    );
+    let (o2, o3) = (b2.join().unwrap(), b3.join().unwrap());
+    assert!(
+        o2.status.success(),
+        "bridge e2e-br2: {}",
+        common::stderr(&o2)
+    );
+    assert!(
+        o3.status.success(),
+        "bridge e2e-br3: {}",
+        common::stderr(&o3)
+    );
+    assert!(wait_body(&addr, "local", 30), "web is not bridged");
+    assert!(wait_body(&addr2, "local", 30), "web2 is not bridged");
+    let o = bed.gefyra(&["status"]);
+    let status = common::stdout(&o);
+    let mut route_ports = Vec::new();
+    for b in ["e2e-br2", "e2e-br3"] {
+        let line = status
+            .lines()
+            .find(|l| l.contains(&format!("bridge {b}:")))
+            .unwrap_or_else(|| panic!("status shows no line for {b}: {status}"));
+        assert!(
+            line.contains("carriers connected 1/1")
+                && line.contains(" open,")
+                && line.contains("tunnel to the local container up"),
+            "status of {b}: {line}"
+        );
+        let port = line
+            .split("route ports ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_default()
+            .to_string();
+        route_ports.push(port);
+    }
+    assert_ne!(
+        route_ports[0], route_ports[1],
+        "two bridges share a route port: {status}"
+    );
     let o = bed.gefyra(&["down"]);
     assert!(o.status.success(), "down failed: {}", common::stderr(&o));
     assert!(
         wait_body(&addr, "cluster", 60),
         "down did not restore the Pod"
+    );
+    assert!(
+        wait_body(&addr2, "cluster", 60),
+        "down did not restore the second Pod"
     );
 }

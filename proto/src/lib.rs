@@ -136,29 +136,6 @@ pub fn image_ref(registry: &str, name: &str, version: &str) -> String {
 /// Exit code for bad usage or configuration (EX_USAGE / EX_CONFIG style).
 pub const EXIT_CONFIG: i32 = 64;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_refs() {
-        assert_eq!(
-            image_ref("127.0.0.1:5000/", IMAGE_CARRIER, "0.1.0"),
-            "127.0.0.1:5000/gefyra-carrier:0.1.0"
-        );
-        assert_eq!(image_ref("", IMAGE_CARGO, "1"), "gefyra-cargo:1");
-    }
-
-    #[test]
-    fn client_ips() {
-        assert_eq!(client_tunnel_ip(2), Ipv4Addr::new(192, 168, 99, 2));
-        assert_eq!(
-            original_image_annotation("app"),
-            "gefyra.dev/original-image.app"
-        );
-    }
-}
-
 /// Directories of the carrier image where [`CARRIER_COMMAND_NAMES`] exist (symlinks to carrier).
 pub const CARRIER_COMMAND_DIRS: &[&str] = &["/bin", "/usr/bin", "/usr/local/bin"];
 /// Program names a bridged container's `command` may start with: the carrier image
@@ -230,5 +207,28 @@ pub fn carrier_can_start(program: &str) -> bool {
                 || (CARRIER_COMMAND_DIRS.contains(&dir) && CARRIER_COMMAND_NAMES.contains(&name))
         }
         None => CARRIER_COMMAND_NAMES.contains(&program),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_refs() {
+        assert_eq!(
+            image_ref("127.0.0.1:5000/", IMAGE_CARRIER, "0.1.0"),
+            "127.0.0.1:5000/gefyra-carrier:0.1.0"
+        );
+        assert_eq!(image_ref("", IMAGE_CARGO, "1"), "gefyra-cargo:1");
+    }
+
+    #[test]
+    fn client_ips() {
+        assert_eq!(client_tunnel_ip(2), Ipv4Addr::new(192, 168, 99, 2));
+        assert_eq!(
+            original_image_annotation("app"),
+            "gefyra.dev/original-image.app"
+        );
     }
 }

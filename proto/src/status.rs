@@ -56,6 +56,8 @@ pub struct BridgeStatus {
     pub routes_open: bool,
     /// The client's peer has a live session (the route to the local container is usable).
     pub peer_connected: bool,
+    /// The local container's address the routes lead to.
+    pub local_ip: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -408,8 +408,9 @@ fn status_of(rts: &BTreeMap<String, BridgeRt>) -> Vec<BridgeStatus> {
                 .collect(),
             route_ports: rt.spec.ports.iter().map(|p| p.route_port).collect(),
             routes_open: rt.routes.values().all(|r| r.open),
-            // Known to the tunnel, not here: the caller fills it in.
+            // Known to the tunnel, not here: `Shared::status` fills it in.
             peer_connected: false,
+            local_ip: Some(rt.spec.local_ip),
         })
         .collect()
 }

@@ -222,14 +222,35 @@ impl Shared {
                     .collect()
             })
             .unwrap_or_default();
+        let mut bridges = self.bridges.borrow().clone();
+        for b in &mut bridges {
+            b.peer_connected = b.local_ip.is_some_and(|ip| {
+                self.peers.lock().is_ok_and(|ps| {
+                    ps.iter().any(|(cfg, st)| {
+                        let hs = st.last_handshake_ms.load(Relaxed);
+                        routes_to(cfg, ip) && hs > 0 && now_ms.saturating_sub(hs) < SESSION_LIVE_MS
+                    })
+                })
+            });
+        }
         StowawayStatus {
             version: proto::VERSION.to_string(),
             public_key: self.public_key.clone(),
             peers,
             counters: self.counters.snapshot(),
-            bridges: self.bridges.borrow().clone(),
+            bridges,
         }
     }
+}
+
+/// A session whose last handshake is older than this is dead (WireGuard's
+/// REJECT_AFTER_TIME: a live peer re-handshakes every two minutes).
+const SESSION_LIVE_MS: u64 = 180_000;
+
+/// Whether traffic to `ip` goes to this peer: its tunnel address or its
+/// local Docker network.
+fn routes_to(cfg: &PeerConfig, ip: Ipv4Addr) -> bool {
+    cfg.tunnel_ip == ip || cfg.subnet.is_some_and(|n| n.contains(&ip))
 }
 
 struct PeerEntry {
