@@ -51,3 +51,9 @@ if [ $# -eq 0 ]; then
   step "tunnel rekey test under boringtun's mock clock (a feature kept out of the binaries above)"
   cargo test --profile ci -p gefyra-tunnel --features mock-clock
 fi
+if [ $# -eq 0 ]; then
+  step "lints: rustfmt and clippy (warnings are errors)"
+  cargo fmt --all --check
+  cargo clippy --profile ci --workspace --all-targets -- -D warnings
+fi
+step "all tests passed"
