@@ -18,6 +18,7 @@ struct Args {
 }
 
 fn main() {
+    large_buffers_from_mmap();
     let filter = tracing_subscriber::EnvFilter::try_from_env(proto::ENV_LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -156,4 +157,20 @@ async fn shutdown_signal() {
         }
     }
     tracing::info!("shutting down");
+}
+
+/// smoltcp's socket buffers (512 KiB per direction per TCP flow by default) are
+/// allocated zeroed. Served by mmap, calloc needs no memset and only the pages
+/// that carry data become resident; freed, they go back to the system at once.
+/// glibc's dynamic threshold would otherwise climb past 512 KiB after the first
+/// such free and serve them from the heap: a memset of 1 MiB per new flow (3-4x
+/// the cost of accepting it, see benches/criterion-REPORT.md) and freed memory
+/// kept around.
+fn large_buffers_from_mmap() {
+    const THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only sets one of malloc's parameters; called first thing in
+    // main, before any other thread exists or allocates.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+    }
 }
