@@ -525,7 +525,8 @@ open(f"{out}/bridge-missed.txt", "w").write(" ".join(missed) + "\n")
 if os.path.exists(perf_f) and os.path.getsize(perf_f) > 0:
     w("## Profile")
     w("")
-    w("`perf record -e cpu-clock -a -g` (no hardware counters on this VM), symbols by self time; "
+    w(f"Profiled because of {E.get('PERF_WHY', '?')}. "
+      "`perf record -e cpu-clock -a -g` (no hardware counters on this VM), symbols by self time; "
       "kernel symbols are the kernel work done in that process's context (syscalls, the TCP/UDP stack, and "
       "softirq work that happened to run on its CPU). With cpu-clock (a timer interrupt) a sample that falls "
       "while interrupts are off is taken where they are turned on again, so `_raw_spin_unlock_irqrestore`, "
@@ -562,7 +563,9 @@ stow_status > "$OUT/bridge-stowaway-status.json" 2>/dev/null
 : > "$WORK/perf.txt"
 write_report >/dev/null || die "report failed"
 MISSED=$(cat "$OUT/bridge-missed.txt" 2>/dev/null); rm -f "$OUT/bridge-missed.txt"
-if [ "$PERF" = 1 ] && [ -z "$MISSED" ]; then MISSED="tput-up rr"; fi
+PERF_WHY="missed: $MISSED"
+if [ "$PERF" = 1 ] && [ -z "$MISSED" ]; then MISSED="tput-up rr"; PERF_WHY="PERF=1 (every target met)"; fi
+export PERF_WHY
 if [ "$PERF" != 0 ] && [ -n "$MISSED" ]; then
   for w in $MISSED; do profile "$w"; done
   cp "$WORK/perf.txt" "$OUT/bridge-perf.txt"
