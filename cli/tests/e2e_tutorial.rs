@@ -31,6 +31,24 @@ const LOCAL: &str = "e2e-myfastapi-demo";
 const BRIDGE: &str = "e2e-myfastapi";
 const EMAIL: &str = "john@gefyra.dev";
 
+/// The tutorial's bridge flags (its `-I` aside).
+const TUTORIAL_FLAGS: [&str; 6] = [
+    "--deployment",
+    "oauth2-demo",
+    "--port",
+    "8155:8155",
+    "--container-name",
+    "oauth2-demo-app",
+];
+
+/// `bridge -N LOCAL -n NS ARGS... -I NAME`.
+fn bridge_args<'a>(ns: &'a str, args: &[&'a str], name: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["bridge", "-N", LOCAL, "-n", ns];
+    v.extend_from_slice(args);
+    v.extend(["-I", name]);
+    v
+}
+
 fn g(bed: &common::Bed, args: &[&str]) -> std::process::Output {
     let mut v = vec!["--connection", CONN];
     v.extend_from_slice(args);
@@ -358,40 +376,34 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str, dir: &Path
     // issue 6 test 2: clear errors before anything changes
     let o = g(
         bed,
-        &[
-            "bridge",
-            "-N",
-            LOCAL,
-            "-n",
+        &bridge_args(
             ns,
-            "--deployment",
-            "no-such-app",
-            "--port",
-            "8155:8155",
-            "--container-name",
-            "oauth2-demo-app",
-            "-I",
+            &[
+                "--deployment",
+                "no-such-app",
+                "--port",
+                "8155:8155",
+                "--container-name",
+                "oauth2-demo-app",
+            ],
             "e2e-missing",
-        ],
+        ),
     );
     common::assert_one_line_error(&o, "not found");
     let o = g(
         bed,
-        &[
-            "bridge",
-            "-N",
-            LOCAL,
-            "-n",
+        &bridge_args(
             ns,
-            "--deployment",
-            "oauth2-demo",
-            "--port",
-            "8155:8155",
-            "--container-name",
-            "no-such-container",
-            "-I",
+            &[
+                "--deployment",
+                "oauth2-demo",
+                "--port",
+                "8155:8155",
+                "--container-name",
+                "no-such-container",
+            ],
             "e2e-missing",
-        ],
+        ),
     );
     common::assert_one_line_error(&o, "no-such-container");
     assert!(bridge_configmaps(client).await.is_empty());
@@ -499,19 +511,16 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str, dir: &Path
     // bridging the bridged Pod again is refused, and changes nothing
     let o = g(
         bed,
-        &[
-            "bridge",
-            "-N",
-            LOCAL,
-            "-n",
+        &bridge_args(
             ns,
-            "--target",
-            "deployment/oauth2-demo/oauth2-demo-app",
-            "--port",
-            "8155:8155",
-            "-I",
+            &[
+                "--target",
+                "deployment/oauth2-demo/oauth2-demo-app",
+                "--port",
+                "8155:8155",
+            ],
             "e2e-twice",
-        ],
+        ),
     );
     common::assert_one_line_error(&o, "already bridged");
     assert_eq!(
@@ -577,21 +586,18 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str, dir: &Path
     // two ports, --target syntax: 8155 and 9155 of the Pod both reach the local 8155
     let o = g(
         bed,
-        &[
-            "bridge",
-            "-N",
-            LOCAL,
-            "-n",
+        &bridge_args(
             ns,
-            "--target",
-            "deployment/oauth2-demo/oauth2-demo-app",
-            "-p",
-            "8155:8155",
-            "-p",
-            "9155:8155",
-            "-I",
+            &[
+                "--target",
+                "deployment/oauth2-demo/oauth2-demo-app",
+                "-p",
+                "8155:8155",
+                "-p",
+                "9155:8155",
+            ],
             "e2e-two-ports",
-        ],
+        ),
     );
     assert_ok(&o, "bridge with two ports");
     let (_, pod_ip_now) = demo_pod(client, ns).await;
@@ -610,23 +616,8 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str, dir: &Path
 
     // the CLI killed right after patching: `unbridge -A` restores the Pod
     let mut child = Command::new(env!("CARGO_BIN_EXE_gefyra"))
-        .args([
-            "--connection",
-            CONN,
-            "bridge",
-            "-N",
-            LOCAL,
-            "-n",
-            ns,
-            "--deployment",
-            "oauth2-demo",
-            "--port",
-            "8155:8155",
-            "--container-name",
-            "oauth2-demo-app",
-            "-I",
-            "e2e-killed",
-        ])
+        .args(["--connection", CONN])
+        .args(bridge_args(ns, &TUTORIAL_FLAGS, "e2e-killed"))
         .env("KUBECONFIG", &bed.kubeconfig)
         .env("GEFYRA_CONFIG_DIR", &bed.config_dir)
         .stdout(std::process::Stdio::null())
@@ -668,24 +659,7 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str, dir: &Path
     assert!(bridge_configmaps(client).await.is_empty());
 
     // bridge once more, then `down` restores the Pod too
-    let o = g(
-        bed,
-        &[
-            "bridge",
-            "-N",
-            LOCAL,
-            "-n",
-            ns,
-            "--deployment",
-            "oauth2-demo",
-            "--port",
-            "8155:8155",
-            "--container-name",
-            "oauth2-demo-app",
-            "-I",
-            BRIDGE,
-        ],
-    );
+    let o = g(bed, &bridge_args(ns, &TUTORIAL_FLAGS, BRIDGE));
     assert_ok(&o, "bridge again");
     let o = g(bed, &["down"]);
     assert_ok(&o, "down");
