@@ -42,11 +42,30 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 pub type BoxStream = Box<dyn Stream>;
 pub type DialFuture = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>>;
+/// Resolves once the routed connection is served; `Err` when `dst` is unreachable.
+pub type RouteFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 
 /// Opens a TCP connection to `dst` (a local container's address on a client's
 /// Docker network) through the tunnel of the peer that routes it.
 pub trait Dial: Send + Sync + 'static {
     fn dial(&self, dst: SocketAddrV4) -> DialFuture;
+
+    /// Serves `client` (a routed connection from a carrier) with a connection
+    /// to `dst`. By default: dial, then copy both ways in this task. The tunnel
+    /// dialer instead hands the socket to the peer's owner (no copy, no task in
+    /// between).
+    fn route(&self, dst: SocketAddrV4, client: TcpStream) -> RouteFuture {
+        let dial = self.dial(dst);
+        Box::pin(async move {
+            let mut up = dial.await?;
+            let mut client = client;
+            match tokio::io::copy_bidirectional(&mut client, &mut up).await {
+                Ok((a, b)) => tracing::debug!(to_local = a, from_local = b, "closed"),
+                Err(e) => tracing::debug!(error = %e, "closed with error"),
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Tunables of the bridge machinery; [`Options::default`] is what stowaway uses.
@@ -487,15 +506,8 @@ async fn route_listener<D: Dial>(
         let span = tracing::debug_span!("routed", source = %peer, local = %dst);
         tokio::spawn(
             async move {
-                let mut sock = sock;
-                match dialer.dial(dst).await {
-                    Ok(mut up) => match tokio::io::copy_bidirectional(&mut sock, &mut up).await {
-                        Ok((a, b)) => tracing::debug!(to_local = a, from_local = b, "closed"),
-                        Err(e) => tracing::debug!(error = %e, "closed with error"),
-                    },
-                    Err(e) => {
-                        tracing::warn!(local = %dst, error = %e, "cannot reach the local container; closing the routed connection")
-                    }
+                if let Err(e) = dialer.route(dst, sock).await {
+                    tracing::warn!(local = %dst, error = %e, "cannot reach the local container; closing the routed connection")
                 }
             }
             .instrument(span),

@@ -3,12 +3,13 @@
 //! tunnel address or Docker subnet holds the destination and asks that peer's
 //! owner task to open a smoltcp TCP connection.
 
-use crate::bridge::{Dial, DialFuture};
-use crate::peer::Ctl;
+use crate::bridge::{Dial, DialFuture, RouteFuture};
+use crate::peer::{Ctl, DialReply};
 use ipnet::Ipv4Net;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Where a peer's addresses are.
@@ -30,7 +31,7 @@ impl TunnelDialer {
         TunnelDialer { routes }
     }
 
-    fn route(&self, ip: Ipv4Addr) -> Option<mpsc::Sender<Ctl>> {
+    fn peer_for(&self, ip: Ipv4Addr) -> Option<mpsc::Sender<Ctl>> {
         let routes = self.routes.borrow().clone();
         // the most specific match wins
         routes
@@ -49,22 +50,42 @@ impl TunnelDialer {
     }
 }
 
+fn unreachable(dst: SocketAddrV4) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::HostUnreachable,
+        format!("no connected client routes {}", dst.ip()),
+    )
+}
+
+fn removed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "client removed")
+}
+
 impl Dial for TunnelDialer {
     fn dial(&self, dst: SocketAddrV4) -> DialFuture {
-        let ctl = self.route(*dst.ip());
+        let ctl = self.peer_for(*dst.ip());
         Box::pin(async move {
-            let ctl = ctl.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::HostUnreachable,
-                    format!("no connected client routes {}", dst.ip()),
-                )
-            })?;
-            let (reply, rx) = oneshot::channel();
+            let ctl = ctl.ok_or_else(|| unreachable(dst))?;
+            let (tx, rx) = oneshot::channel();
+            let reply = DialReply::Stream(tx);
             ctl.send(Ctl::Dial { dst, reply })
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "client removed"))?;
-            rx.await
-                .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "client removed"))?
+                .map_err(|_| removed())?;
+            rx.await.map_err(|_| removed())?
+        })
+    }
+
+    /// The routed socket becomes the flow's kernel side in the peer's owner.
+    fn route(&self, dst: SocketAddrV4, client: TcpStream) -> RouteFuture {
+        let ctl = self.peer_for(*dst.ip());
+        Box::pin(async move {
+            let ctl = ctl.ok_or_else(|| unreachable(dst))?;
+            let (tx, rx) = oneshot::channel();
+            let reply = DialReply::Attach(client, tx);
+            ctl.send(Ctl::Dial { dst, reply })
+                .await
+                .map_err(|_| removed())?;
+            rx.await.map_err(|_| removed())?
         })
     }
 }

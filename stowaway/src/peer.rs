@@ -26,10 +26,29 @@ pub struct Datagram {
 /// Requests to a peer task from outside the data path.
 pub enum Ctl {
     /// Open a TCP connection through the tunnel to `dst` (bridges).
-    Dial {
-        dst: SocketAddrV4,
-        reply: oneshot::Sender<io::Result<crate::bridge::BoxStream>>,
-    },
+    Dial { dst: SocketAddrV4, reply: DialReply },
+}
+
+/// What a bridge dial gets once the connection through the tunnel is established.
+pub enum DialReply {
+    /// A stream to use (an in-memory pipe to the flow).
+    Stream(oneshot::Sender<io::Result<crate::bridge::BoxStream>>),
+    /// This kernel socket becomes the flow's kernel side (no pipe, no relay task);
+    /// on failure it is dropped (FIN) and the error is sent.
+    Attach(tokio::net::TcpStream, oneshot::Sender<io::Result<()>>),
+}
+
+impl DialReply {
+    fn fail(self, e: io::Error) {
+        match self {
+            DialReply::Stream(r) => {
+                let _ = r.send(Err(e));
+            }
+            DialReply::Attach(_sock, r) => {
+                let _ = r.send(Err(e));
+            }
+        }
+    }
 }
 
 /// What the status endpoint reads; written by the owner task.
@@ -61,7 +80,7 @@ enum TcpKind {
     Accepted { connected: bool },
     /// We dialled the peer (bridge); `reply` waits for Established.
     Dialed {
-        reply: Option<oneshot::Sender<io::Result<crate::bridge::BoxStream>>>,
+        reply: Option<DialReply>,
         started: Instant,
     },
 }
@@ -414,10 +433,7 @@ impl Peer {
                     }
                 }
                 let Some(local) = local else {
-                    let _ = reply.send(Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        "no free port",
-                    )));
+                    reply.fail(io::Error::new(io::ErrorKind::AddrInUse, "no free port"));
                     return;
                 };
                 match self.stack.tcp_connect(local, dst) {
@@ -445,7 +461,7 @@ impl Peer {
                         self.shared.counters.tcp_flows_open.fetch_add(1, Relaxed);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(io::Error::other(format!("connect: {e:?}"))));
+                        reply.fail(io::Error::other(format!("connect: {e:?}")));
                     }
                 }
             }
@@ -464,26 +480,41 @@ impl Peer {
             if let TcpKind::Dialed { reply, started } = &mut f.kind {
                 if reply.is_some() {
                     if state == TcpState::Established {
-                        let (a, b) = tokio::io::duplex(256 * 1024);
-                        if let Some(r) = reply.take() {
-                            if r.send(Ok(Box::new(a))).is_ok() {
-                                f.link = Some(flow::spawn_stream(
-                                    *id,
-                                    b,
-                                    self.events_tx.clone(),
-                                    self.wake.clone(),
-                                ));
-                            } else {
-                                s.abort();
+                        match reply.take() {
+                            Some(DialReply::Stream(r)) => {
+                                let (a, b) = tokio::io::duplex(256 * 1024);
+                                if r.send(Ok(Box::new(a))).is_ok() {
+                                    f.link = Some(flow::spawn_stream(
+                                        *id,
+                                        b,
+                                        self.events_tx.clone(),
+                                        self.wake.clone(),
+                                    ));
+                                } else {
+                                    s.abort();
+                                }
                             }
+                            Some(DialReply::Attach(sock, r)) => {
+                                if r.send(Ok(())).is_ok() {
+                                    f.link = Some(flow::spawn_stream(
+                                        *id,
+                                        sock,
+                                        self.events_tx.clone(),
+                                        self.wake.clone(),
+                                    ));
+                                } else {
+                                    s.abort();
+                                }
+                            }
+                            None => {}
                         }
                     } else if state == TcpState::Closed || started.elapsed() > flow::CONNECT_TIMEOUT
                     {
                         if let Some(r) = reply.take() {
-                            let _ = r.send(Err(io::Error::new(
+                            r.fail(io::Error::new(
                                 io::ErrorKind::ConnectionRefused,
                                 "connection through the tunnel refused or timed out",
-                            )));
+                            ));
                         }
                         s.abort();
                         done.push((*id, false));
