@@ -24,7 +24,8 @@
 #             sampled every SAMPLE_SECS into peers-soak.tsv; then drained again
 #
 # Usage:  benches/peers-bench.sh
-# Env:    GEFYRA_BIN=dir (prebuilt stowaway + cargo-client: no build), PROFILE=ci
+# Env:    GEFYRA_BIN=dir (prebuilt stowaway + cargo-client: no build), PROFILE=ci,
+#         BENCH_COMMIT=sha (the commit GEFYRA_BIN was built from, for the header)
 #         NPEERS=10 IDLE_SECS=10 BUSY_SECS=30 SOAK_SECS=600 WARMUP_SECS=60 SAMPLE_SECS=10
 #         SHORT_RATE=4 DNS_RATE=2 ECHO_RATE=2 (per peer per second) SOAK_TCP_RATE=50M SOAK_UDP_RATE=2M
 #         TOL_PCT=10 TOL_MIB=4 (soak "no growth": |end - warm| <= max(TOL_PCT % of warm, TOL_MIB))
@@ -578,10 +579,11 @@ NICE=${NICE--20}
 [ -n "$NICE" ] && renice -n "$NICE" -p $$ >/dev/null
 : > "$P-bench.log"
 build
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)
-DIRTY=$(git -C "$ROOT" status --porcelain -- stowaway tunnel udpio proto 2>/dev/null | wc -l)
+if [ -n "${BENCH_COMMIT:-}" ]; then SRC="commit $BENCH_COMMIT (BENCH_COMMIT: binaries built from it)"; else
+  SRC="checkout at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) (uncommitted files in stowaway/tunnel/udpio/proto: $(git -C "$ROOT" status --porcelain -- stowaway tunnel udpio proto 2>/dev/null | wc -l))"
+fi
 {
-  echo "# $(date -Is) commit $COMMIT (uncommitted files in stowaway/tunnel/udpio/proto: $DIRTY) bin=$BIN"
+  echo "# $(date -Is) $SRC bin=$BIN (stowaway $(stat -c %y "$BIN/stowaway" | cut -d. -f1))"
   echo "# host $(uname -r), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -m | awk '/^Mem:/{print $2}') MiB RAM"
   echo "# NPEERS=$NPEERS IDLE_SECS=$IDLE_SECS BUSY_SECS=$BUSY_SECS SOAK_SECS=$SOAK_SECS WARMUP_SECS=$WARMUP_SECS SAMPLE_SECS=$SAMPLE_SECS"
   echo "# SHORT_RATE=$SHORT_RATE DNS_RATE=$DNS_RATE ECHO_RATE=$ECHO_RATE SOAK_TCP_RATE=$SOAK_TCP_RATE SOAK_UDP_RATE=$SOAK_UDP_RATE MTU=$MTU nice=${NICE:-0}"
