@@ -5,6 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,6 +42,9 @@ pub enum Event {
 pub struct TcpLink {
     /// Bytes from the peer to the kernel side. Dropped: FIN to the kernel side.
     pub to_kernel_tx: Option<mpsc::Sender<Bytes>>,
+    /// Set by the owner when `to_kernel_tx` was full: the flow task wakes it
+    /// once it took a chunk (and only then: no wake-up per chunk).
+    pub blocked: Arc<AtomicBool>,
     /// The owner adds a permit back once a chunk is fully in smoltcp.
     pub credits: Arc<Semaphore>,
     pub task: tokio::task::JoinHandle<()>,
@@ -56,6 +60,8 @@ pub fn spawn_tcp_dial(
     let (to_kernel_tx, to_kernel_rx) = mpsc::channel(CREDITS);
     let credits = Arc::new(Semaphore::new(CREDITS));
     let c = credits.clone();
+    let blocked = Arc::new(AtomicBool::new(false));
+    let b = blocked.clone();
     let task = tokio::spawn(async move {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
             Ok(Ok(s)) => s,
@@ -74,10 +80,11 @@ pub fn spawn_tcp_dial(
         if events_tx.send(Event::Connected(id)).await.is_err() {
             return;
         }
-        splice(id, stream, to_kernel_rx, events_tx, c, wake).await;
+        splice(id, stream, to_kernel_rx, events_tx, c, (b, wake)).await;
     });
     TcpLink {
         to_kernel_tx: Some(to_kernel_tx),
+        blocked,
         credits,
         task,
     }
@@ -96,9 +103,12 @@ where
     let (to_kernel_tx, to_kernel_rx) = mpsc::channel(CREDITS);
     let credits = Arc::new(Semaphore::new(CREDITS));
     let c = credits.clone();
-    let task = tokio::spawn(splice(id, stream, to_kernel_rx, events_tx, c, wake));
+    let blocked = Arc::new(AtomicBool::new(false));
+    let b = blocked.clone();
+    let task = tokio::spawn(splice(id, stream, to_kernel_rx, events_tx, c, (b, wake)));
     TcpLink {
         to_kernel_tx: Some(to_kernel_tx),
+        blocked,
         credits,
         task,
     }
@@ -110,7 +120,7 @@ async fn splice<S>(
     mut to_kernel_rx: mpsc::Receiver<Bytes>,
     events_tx: mpsc::Sender<Event>,
     credits: Arc<Semaphore>,
-    wake: Arc<Notify>,
+    (blocked, wake): (Arc<AtomicBool>, Arc<Notify>),
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -118,12 +128,16 @@ async fn splice<S>(
     let ev = events_tx.clone();
     let writer = async move {
         while let Some(chunk) = to_kernel_rx.recv().await {
+            // Room in the channel again: if the owner found it full, let it
+            // read more from smoltcp while this chunk goes to the kernel.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if blocked.swap(false, Ordering::SeqCst) {
+                wake.notify_one();
+            }
             if wr.write_all(&chunk).await.is_err() {
                 let _ = ev.send(Event::Failed(id)).await;
                 return;
             }
-            // room in the channel again: let the owner read more from smoltcp
-            wake.notify_one();
         }
         let _ = wr.shutdown().await;
     };

@@ -555,7 +555,19 @@ impl Peer {
                 if let Some(l) = &mut f.link {
                     if let Some(tx) = &l.to_kernel_tx {
                         while s.can_recv() {
-                            let Ok(permit) = tx.try_reserve() else { break };
+                            let permit = match tx.try_reserve() {
+                                Ok(p) => p,
+                                Err(_) => {
+                                    // Full: ask the flow task for a wake-up, then look
+                                    // again (it may have taken a chunk in between).
+                                    l.blocked.store(true, Relaxed);
+                                    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                                    match tx.try_reserve() {
+                                        Ok(p) => p,
+                                        Err(_) => break,
+                                    }
+                                }
+                            };
                             let r = s.recv(|buf| {
                                 let n = buf.len().min(flow::CHUNK);
                                 (n, Bytes::copy_from_slice(&buf[..n]))
