@@ -116,5 +116,15 @@ with open(report_md, "w") as fh:
     extra_md = os.path.join(here, "REPORT-notes.md")
     if os.path.exists(extra_md):
         fh.write("\n" + open(extra_md).read())
+    # The other harnesses' reports, as they were last written, one heading level down.
+    for name, what in (("bridge-REPORT.md", "benches/bridge-bench.sh"),
+                       ("peers-REPORT.md", "benches/peers-bench.sh"),
+                       ("criterion-REPORT.md", "cargo bench --profile ci -p gefyra-tunnel")):
+        path = os.path.join(here, name)
+        if not os.path.exists(path):
+            continue
+        fh.write(f"\n---\n\n<!-- included from {name} (written by {what}) -->\n")
+        for line in open(path):
+            fh.write("#" + line if line.startswith("#") else line)
     fh.write("\n## Settings and raw notes\n\n```\n" + "\n".join(comments) + "\n```\n")
 print(f"wrote {report_md} and {results_json}")
