@@ -487,7 +487,9 @@ up() {
       echo "bed: $part is not running; last lines of $L/$part.log:" >&2
       tail -n 15 "$L/$part.log" >&2 2>/dev/null || true
     done
-    die "the bed is half up (${dead[*]:-not healthy}); run: $0 down, then $0 up"
+    # a reboot or an ended session leaves state behind: clear it and start afresh
+    say "the bed is half up (${dead[*]:-not healthy}): taking what is left down first"
+    down
   fi
   build
   local ip; ip=$(node_ip)
