@@ -178,11 +178,18 @@ pub struct UdpLink {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// A kernel UDP socket "connected" to `dst`; closes after `idle` without traffic.
+/// How long a DNS flow stays open after an answer (a resolver's A and AAAA
+/// queries share a port and are answered within milliseconds).
+pub const DNS_LINGER: Duration = Duration::from_secs(1);
+
+/// A kernel UDP socket "connected" to `dst`; closes after `idle` without
+/// traffic, or (`dns`) [`DNS_LINGER`] after an answer: each DNS query comes from
+/// a fresh port, and a flow holds a 64 KiB receive buffer.
 pub fn spawn_udp(
     id: FlowId,
     dst: SocketAddrV4,
     idle: Duration,
+    dns: bool,
     events_tx: mpsc::Sender<Event>,
 ) -> UdpLink {
     let (to_kernel_tx, mut to_kernel_rx) = mpsc::channel::<Bytes>(64);
@@ -199,6 +206,7 @@ pub fn spawn_udp(
             return;
         }
         let mut buf = vec![0u8; 65536];
+        let mut idle = idle;
         loop {
             tokio::select! {
                 out = to_kernel_rx.recv() => match out {
@@ -209,6 +217,9 @@ pub fn spawn_udp(
                 r = sock.recv(&mut buf) => if let Ok(n) = r {
                     if events_tx.send(Event::UdpReply(id, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
                         return;
+                    }
+                    if dns {
+                        idle = DNS_LINGER;
                     }
                 },
                 _ = tokio::time::sleep(idle) => {

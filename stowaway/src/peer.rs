@@ -353,7 +353,8 @@ impl Peer {
                 };
                 let id = self.next_id;
                 self.next_id += 1;
-                let link = flow::spawn_udp(id, target, idle, self.events_tx.clone());
+                let dns = is_dns || dst.port() == 53;
+                let link = flow::spawn_udp(id, target, idle, dns, self.events_tx.clone());
                 self.udp_flows.insert(
                     id,
                     UdpFlow {
