@@ -124,7 +124,10 @@ with open(report_md, "w") as fh:
         if not os.path.exists(path):
             continue
         fh.write(f"\n---\n\n<!-- included from {name} (written by {what}) -->\n")
+        fenced = False
         for line in open(path):
-            fh.write("#" + line if line.startswith("#") else line)
+            if line.startswith("```"):
+                fenced = not fenced
+            fh.write("#" + line if line.startswith("#") and not fenced else line)
     fh.write("\n## Settings and raw notes\n\n```\n" + "\n".join(comments) + "\n```\n")
 print(f"wrote {report_md} and {results_json}")
