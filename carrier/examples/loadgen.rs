@@ -87,50 +87,19 @@ async fn echo(addr: SocketAddr) {
     }
 }
 
-async fn rr(addr: SocketAddr, conns: usize, requests: usize, size: usize) {
-    let mut tasks = Vec::new();
-    let start = Instant::now();
-    for _ in 0..conns {
-        tasks.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.expect("connect");
-            s.set_nodelay(true).unwrap();
-            let req = vec![7u8; size];
-            let mut resp = vec![0u8; size];
-            let mut lat = Vec::with_capacity(requests);
-            // Warm-up exchanges are not counted.
-            for i in 0..requests + 100 {
-                let t = Instant::now();
-                s.write_all(&req).await.expect("write");
-                s.read_exact(&mut resp).await.expect("read");
-                if i >= 100 {
-                    lat.push(t.elapsed().as_nanos() as u64);
-                }
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
-    let took = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
-    println!(
-        "{{\"mode\":\"rr\",\"conns\":{conns},\"size\":{size},\"exchanges\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"per_sec\":{:.0}}}",
-        all.len(),
-        pct(0.5),
-        pct(0.99),
-        pct(1.0),
-        all.len() as f64 / took
-    );
-}
+/// Warm-up exchanges per connection, not counted.
+const WARMUP: usize = 100;
+/// A connect or one exchange that takes longer fails the run (exit status 101).
+const LIMIT: Duration = Duration::from_secs(10);
 
-/// Like [`rr`], with more percentiles, and bounded in time: a connect or an
-/// exchange that takes over 10 s fails the run (exit status 101).
-async fn rr_ns(addr: SocketAddr, conns: usize, requests: usize, size: usize) {
-    const WARMUP: usize = 100;
-    const LIMIT: Duration = Duration::from_secs(10);
+/// `conns` connections each making `requests` exchanges of `size` bytes after
+/// the warm-up: every exchange's latency (ns, sorted) and the seconds it all took.
+async fn exchanges(
+    addr: SocketAddr,
+    conns: usize,
+    requests: usize,
+    size: usize,
+) -> (Vec<u64>, f64) {
     let mut tasks = Vec::new();
     let start = Instant::now();
     for _ in 0..conns {
@@ -166,17 +135,39 @@ async fn rr_ns(addr: SocketAddr, conns: usize, requests: usize, size: usize) {
     let took = start.elapsed().as_secs_f64();
     all.sort_unstable();
     assert!(!all.is_empty(), "no exchanges");
-    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
+    (all, took)
+}
+
+/// The latency at quantile `p` of sorted `all`, in µs.
+fn pct(all: &[u64], p: f64) -> f64 {
+    all[((all.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0
+}
+
+async fn rr(addr: SocketAddr, conns: usize, requests: usize, size: usize) {
+    let (all, took) = exchanges(addr, conns, requests, size).await;
+    println!(
+        "{{\"mode\":\"rr\",\"conns\":{conns},\"size\":{size},\"exchanges\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"per_sec\":{:.0}}}",
+        all.len(),
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+        pct(&all, 1.0),
+        all.len() as f64 / took
+    );
+}
+
+/// Like [`rr`], with more percentiles.
+async fn rr_ns(addr: SocketAddr, conns: usize, requests: usize, size: usize) {
+    let (all, took) = exchanges(addr, conns, requests, size).await;
     let mean = all.iter().sum::<u64>() as f64 / all.len() as f64 / 1000.0;
     println!(
         "{{\"mode\":\"rr-ns\",\"conns\":{conns},\"size\":{size},\"warmup\":{WARMUP},\"exchanges\":{},\"min_us\":{:.1},\"mean_us\":{mean:.1},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"per_sec\":{:.0}}}",
         all.len(),
-        pct(0.0),
-        pct(0.5),
-        pct(0.9),
-        pct(0.99),
-        pct(0.999),
-        pct(1.0),
+        pct(&all, 0.0),
+        pct(&all, 0.5),
+        pct(&all, 0.9),
+        pct(&all, 0.99),
+        pct(&all, 0.999),
+        pct(&all, 1.0),
         all.len() as f64 / took
     );
 }

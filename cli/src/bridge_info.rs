@@ -138,13 +138,7 @@ pub async fn bridge_problems(
     stowaway: Option<&proto::status::StowawayStatus>,
 ) -> Vec<String> {
     let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), sns);
-    let sel = format!(
-        "{}={},{}={}",
-        proto::LABEL_APP,
-        proto::APP_NAME,
-        proto::LABEL_ROLE,
-        proto::ROLE_BRIDGE
-    );
+    let sel = crate::cmd_bridge::bridge_selector();
     let list = match cms.list(&ListParams::default().labels(&sel)).await {
         Ok(l) => l.items,
         Err(e) => {

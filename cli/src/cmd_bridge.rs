@@ -90,7 +90,8 @@ pub struct UnbridgeArgs {
     pub timeout: u64,
 }
 
-fn bridge_selector() -> String {
+/// Label selector of the bridge records (ConfigMaps).
+pub fn bridge_selector() -> String {
     format!(
         "{}={},{}={}",
         proto::LABEL_APP,

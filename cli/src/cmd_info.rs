@@ -67,13 +67,7 @@ async fn dev_containers(d: &bollard::Docker) -> Result<Vec<DevContainer>> {
 
 async fn bridges(c: &k8s::Cluster, ns: &str) -> Result<Vec<BridgeRow>> {
     let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), ns);
-    let sel = format!(
-        "{}={},{}={}",
-        proto::LABEL_APP,
-        proto::APP_NAME,
-        proto::LABEL_ROLE,
-        proto::ROLE_BRIDGE
-    );
+    let sel = crate::cmd_bridge::bridge_selector();
     let mut out = Vec::new();
     for cm in cms.list(&ListParams::default().labels(&sel)).await?.items {
         let Some(spec) = cm
