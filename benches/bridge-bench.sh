@@ -70,23 +70,7 @@ WORK=""
 log() { echo "[$(date +%T)] $*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 
-kill_pids() {       # kill the given PIDs (and their direct children) -- by PID only, our own jobs only
-  local p c live=() mine=" $(jobs -p | tr '\n' ' ') "
-  for p in "$@"; do [[ $mine == *" $p "* ]] && live+=("$p"); done
-  [ ${#live[@]} -eq 0 ] && return 0
-  set -- "${live[@]}"
-  for p in "$@"; do
-    for c in $(pgrep -P "$p" 2>/dev/null); do kill "$c" 2>/dev/null; done
-    kill "$p" 2>/dev/null
-  done
-  local i; for i in $(seq 20); do
-    local alive=0; for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break; sleep 0.1
-  done
-  for p in "$@"; do kill -9 "$p" 2>/dev/null; done
-  for p in "$@"; do wait "$p" 2>/dev/null; done
-  return 0
-}
+. "$HERE/lib.sh"   # kill_pids
 
 del_ns() { local n; for n in $ALL_NS; do ip netns del "$n" 2>/dev/null; done; return 0; }
 

@@ -44,20 +44,7 @@ TUN_PIDS=()        # daemons of the test currently running
 
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/bench.log" >&2; }
 
-kill_pids() {       # kill the given PIDs (and their direct children) -- by PID only
-  local p c live=() mine=" $(jobs -p | tr '\n' ' ') "
-  for p in "$@"; do [[ $mine == *" $p "* ]] && live+=("$p"); done   # only our own live jobs
-  [ ${#live[@]} -eq 0 ] && return 0
-  set -- "${live[@]}"
-  for p in "$@"; do
-    for c in $(pgrep -P "$p" 2>/dev/null); do kill "$c" 2>/dev/null; done
-    kill "$p" 2>/dev/null
-  done
-  sleep 1
-  for p in "$@"; do kill -9 "$p" 2>/dev/null; done
-  for p in "$@"; do wait "$p" 2>/dev/null; done
-  return 0
-}
+. "$HERE/lib.sh"   # kill_pids
 
 cleanup() {
   log "cleanup: killing ${#ALL_PIDS[@]} started PIDs, deleting netns"
