@@ -199,6 +199,17 @@ async fn demo_pod(client: &kube::Client, ns: &str) -> (String, String) {
 }
 
 /// The images the Pod's containers run now (name → image from the status), and its annotations.
+/// The Pod runs the app's original image and carries no gefyra annotation.
+async fn assert_original(client: &kube::Client, ns: &str, pod: &str, app_image: &str) {
+    let (images, ann) = pod_images(client, ns, pod).await;
+    assert_eq!(
+        images.get("oauth2-demo-app").map(String::as_str),
+        Some(app_image),
+        "{images:?}"
+    );
+    assert!(ann.keys().all(|k| !k.starts_with("gefyra.dev/")), "{ann:?}");
+}
+
 async fn pod_images(
     client: &kube::Client,
     ns: &str,
@@ -407,9 +418,7 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str, dir: &Path
     );
     common::assert_one_line_error(&o, "no-such-container");
     assert!(bridge_configmaps(client).await.is_empty());
-    let (images, ann) = pod_images(client, ns, &pod).await;
-    assert_eq!(images.get("oauth2-demo-app"), Some(&app_image));
-    assert!(ann.keys().all(|k| !k.starts_with("gefyra.dev/")), "{ann:?}");
+    assert_original(client, ns, &pod, &app_image).await;
 
     // the tutorial's bridge command, as written
     let o = g(
@@ -568,13 +577,7 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str, dir: &Path
     // unbridge: the in-cluster app answers again (with its bug)
     let o = g(bed, &["unbridge", "-I", BRIDGE]);
     assert_ok(&o, "unbridge");
-    let (images, ann) = pod_images(client, ns, &pod).await;
-    assert_eq!(
-        images.get("oauth2-demo-app"),
-        Some(&app_image),
-        "{images:?}"
-    );
-    assert!(ann.keys().all(|k| !k.starts_with("gefyra.dev/")), "{ann:?}");
+    assert_original(client, ns, &pod, &app_image).await;
     let r = get_until(&cluster_ip, 8080, "/items/123", 30, |r| {
         header(r, "x-demo-host") == Some(pod.as_str())
     })
@@ -649,13 +652,7 @@ async fn scenario(bed: &common::Bed, client: &kube::Client, ns: &str, dir: &Path
     let _ = child.wait();
     let o = g(bed, &["unbridge", "-A"]);
     assert_ok(&o, "unbridge -A after a killed bridge");
-    let (images, ann) = pod_images(client, ns, &pod).await;
-    assert_eq!(
-        images.get("oauth2-demo-app"),
-        Some(&app_image),
-        "{images:?}"
-    );
-    assert!(ann.keys().all(|k| !k.starts_with("gefyra.dev/")), "{ann:?}");
+    assert_original(client, ns, &pod, &app_image).await;
     assert!(bridge_configmaps(client).await.is_empty());
 
     // bridge once more, then `down` restores the Pod too
